@@ -1,0 +1,145 @@
+"""The one small interface that every kind of host implements (local, ssh, later slurm).
+
+The runner drives a run only through these calls, so a new kind of host is a new
+class, not a change to the run logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+
+class HostError(Exception):
+    """The host could not do its part. ``transient`` errors may be retried later."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class HostKeyError(HostError):
+    """The server's host key is unknown or changed: never retried, never auto-accepted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Names one run: the project folder name and the run number."""
+
+    project: str
+    run: int
+
+    @property
+    def label(self) -> str:
+        """``project/run_N``, for logs and messages."""
+        return f"{self.project}/run_{self.run}"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What the launcher on the host needs to start the training script."""
+
+    run_script: str
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    setup: Sequence[str] = ()
+    conda_env: str | None = None
+    output_dir: str = "output"
+    cuda_visible_devices: str | None = None
+
+
+ProcState = Literal["not_started", "running", "exited", "vanished"]
+
+
+@dataclass(frozen=True)
+class ProcStatus:
+    """The training process as the host sees it.
+
+    ``not_started``: no launch marker; ``running``: the launcher's process group is alive;
+    ``exited``: the launcher recorded an exit status; ``vanished``: launched, not alive,
+    and no exit status (killed from outside, or the server rebooted).
+    """
+
+    state: ProcState
+    pid: int | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class MirrorResult:
+    """What one mirror of ``output_dir`` did: bytes over the network, files made visible."""
+
+    bytes_received: int
+    files_published: int
+    files_pending: int
+
+
+class Host(Protocol):
+    """A place where runs execute. All methods raise :class:`HostError` on failure."""
+
+    name: str
+    slots: int
+
+    def reachable(self) -> bool:
+        """Return True if the host answers now (cheap check, no waiting)."""
+        ...
+
+    def wake(self) -> None:
+        """Ask the host to power on (Wake-on-LAN where configured; no-op otherwise)."""
+        ...
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait with backoff until the host answers; raise HostError after ``timeout`` s."""
+        ...
+
+    def remote_dir(self, ref: RunRef) -> str:
+        """Return the run directory on the host (absolute path as the host sees it)."""
+        ...
+
+    def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> int:
+        """Sync ``bin_dir`` into the project's persistent cache, then make the run dir from it.
+
+        Returns the bytes that crossed the network for the code.
+        """
+        ...
+
+    def launch(self, ref: RunRef, spec: LaunchSpec) -> int:
+        """Start the script detached and return its pid. Idempotent: never starts twice."""
+        ...
+
+    def status(self, ref: RunRef) -> ProcStatus:
+        """Return the state of the run's process on the host."""
+        ...
+
+    def read_log(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> bytes:
+        """Return at most ``limit`` bytes of the run's log starting at byte ``offset``."""
+        ...
+
+    def mirror(self, ref: RunRef, output_dir: str, dest: Path) -> MirrorResult:
+        """Mirror the run's ``output_dir`` into ``dest`` without deleting or half-writing."""
+        ...
+
+    def kill(self, ref: RunRef, grace: float) -> None:
+        """TERM the run's whole process group, KILL it after ``grace`` seconds."""
+        ...
+
+    def cleanup(self, ref: RunRef) -> None:
+        """Remove the run dir on the host (the project cache stays)."""
+        ...
+
+    def run_starting(self) -> None:
+        """Called before a run uses the host (cancels a pending power-off)."""
+        ...
+
+    def idle_for(self, seconds: float) -> None:
+        """Called when the host has had no run for ``seconds`` (may power it off)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
