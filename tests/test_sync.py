@@ -1,0 +1,155 @@
+"""rsync argv as data, stats parsing, exit classification, and real rsync runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.hosts.base import HostError, HostKeyError
+from agent.sync import (
+    RsyncStats,
+    classify_exit,
+    make_pull_argv,
+    make_upload_argv,
+    parse_stats,
+    run_rsync,
+)
+
+STATS = """
+Number of files: 4 (reg: 1, dir: 2, link: 1)
+Number of created files: 4 (reg: 1, dir: 2, link: 1)
+Number of regular files transferred: 12,345
+Total file size: 4 bytes
+Total bytes sent: 1,234,567
+Total bytes received: 56
+
+sent 1,234,567 bytes  received 56 bytes  470.00 bytes/sec
+"""
+
+
+def test_upload_argv_local() -> None:
+    argv = make_upload_argv("/share/p/bin", "/srv/cache", [".git/", "*.pyc"], None)
+    assert argv == [
+        "rsync",
+        "-a",
+        "--delete",
+        "--delete-excluded",
+        "--stats",
+        "--exclude=.git/",
+        "--exclude=*.pyc",
+        "--",
+        "/share/p/bin/",
+        "/srv/cache",
+    ]
+    assert "--inplace" not in argv
+
+
+def test_upload_argv_with_rsh_and_odd_strings() -> None:
+    rsh = ["ssh", "-i", "/keys/my key", "-o", "UserKnownHostsFile=/k h"]
+    argv = make_upload_argv("/share/p/bin/", "u@h:/srv/c", ["a b", "-rf"], rsh)
+    i = argv.index("-e")
+    assert argv[i + 1] == "ssh -i '/keys/my key' -o 'UserKnownHostsFile=/k h'"
+    assert "--exclude=-rf" in argv and "--exclude=a b" in argv
+    assert argv[-2:] == ["/share/p/bin/", "u@h:/srv/c"]
+    assert argv.index("--") == len(argv) - 3
+
+
+def test_pull_argv() -> None:
+    argv = make_pull_argv("u@h:/srv/run_0/output", "/share/p/results/.droprun-staging", ["ssh"])
+    assert argv[:4] == ["rsync", "-a", "--delete", "--stats"]
+    assert argv[-2:] == ["u@h:/srv/run_0/output/", "/share/p/results/.droprun-staging/"]
+    assert "--inplace" not in argv
+
+
+def test_parse_stats() -> None:
+    assert parse_stats(STATS) == RsyncStats(1234567, 56, 12345)
+    assert parse_stats("") == RsyncStats(0, 0, 0)
+    assert parse_stats("Number of files transferred: 7\n").files_transferred == 7
+
+
+@pytest.mark.parametrize("code", [10, 12, 24, 30, 35])
+def test_transient_codes(code: int) -> None:
+    transient, words = classify_exit(code)
+    assert transient and words
+
+
+@pytest.mark.parametrize("code", [1, 2, 3, 4, 5, 11, 13, 23])
+def test_permanent_codes(code: int) -> None:
+    transient, words = classify_exit(code)
+    assert not transient and words
+
+
+def test_255_depends_on_stderr() -> None:
+    assert classify_exit(255, "ssh: connect to host x: Connection timed out")[0]
+    assert not classify_exit(255, "Host key verification failed.\r\n")[0]
+    assert not classify_exit(255, "@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @")[0]
+    assert not classify_exit(255, "u@h: Permission denied (publickey).")[0]
+
+
+def _tree(root: Path) -> None:
+    (root / "pkg").mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(2_000_000))
+    (root / "pkg" / "small.py").write_text("print('hi')\n")
+    (root / "skip.pyc").write_bytes(b"x")
+    (root / "link").symlink_to("/etc/passwd")
+
+
+def test_run_rsync_upload_and_delete_excluded(tmp_path: Path) -> None:
+    src, cache = tmp_path / "bin", tmp_path / "cache"
+    _tree(src)
+    first = run_rsync(make_upload_argv(str(src), str(cache), [], None), timeout=30)
+    assert first.bytes_sent > 2_000_000 and first.files_transferred == 3
+    assert os.readlink(cache / "link") == "/etc/passwd"
+    again = run_rsync(make_upload_argv(str(src), str(cache), ["*.pyc"], None), timeout=30)
+    assert again.bytes_sent < 10_000
+    assert not (cache / "skip.pyc").exists()
+    assert stat.S_ISLNK(os.lstat(cache / "link").st_mode)
+
+
+def test_run_rsync_permanent_failure_raises_with_stderr(tmp_path: Path) -> None:
+    with pytest.raises(HostError) as info:
+        run_rsync(make_pull_argv(str(tmp_path / "nope"), str(tmp_path / "d"), None), timeout=30)
+    assert not info.value.transient
+    assert "exit 23" in str(info.value) and "nope" in str(info.value)
+
+
+def _fake_ssh(tmp_path: Path, stderr: str, counter: Path) -> list[str]:
+    """A real executable standing in for ssh: counts calls, prints stderr, exits 255."""
+    script = tmp_path / "fake-ssh"
+    script.write_text(
+        f"#!/bin/sh\necho x >> '{counter}'\nprintf '%s\\n' '{stderr}' >&2\nexit 255\n"
+    )
+    script.chmod(0o755)
+    return [str(script)]
+
+
+def test_run_rsync_retries_transient_ssh_failure(tmp_path: Path) -> None:
+    assert shutil.which("rsync"), "rsync must be installed"
+    counter = tmp_path / "calls"
+    rsh = _fake_ssh(tmp_path, "ssh: connect to host h port 22: Connection refused", counter)
+    (tmp_path / "bin").mkdir()
+    argv = make_upload_argv(str(tmp_path / "bin"), "u@h:/c", [], rsh)
+    with pytest.raises(HostError) as info:
+        run_rsync(argv, timeout=30, attempts=3, backoff=0.01)
+    assert info.value.transient and not isinstance(info.value, HostKeyError)
+    assert "Connection refused" in str(info.value)
+    assert len(counter.read_text().splitlines()) == 3
+
+
+def test_run_rsync_host_key_failure_is_not_retried(tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    rsh = _fake_ssh(tmp_path, "Host key verification failed.", counter)
+    (tmp_path / "bin").mkdir()
+    argv = make_upload_argv(str(tmp_path / "bin"), "u@h:/c", [], rsh)
+    with pytest.raises(HostKeyError):
+        run_rsync(argv, timeout=30, attempts=3, backoff=0.01)
+    assert len(counter.read_text().splitlines()) == 1
+
+
+def test_run_rsync_missing_program() -> None:
+    with pytest.raises(HostError):
+        run_rsync(["/nonexistent/rsync", "a", "b"], timeout=5)
