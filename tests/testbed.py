@@ -1,0 +1,582 @@
+"""Real servers for tests: OpenSSH sshd, Samba smbd, and sshd inside a network namespace.
+
+Everything here follows /work/shared/TESTBED.md. Each server is a plain foreground process
+started by a fixture and stopped by its pid. A missing tool fails the test with the install
+hint; nothing is ever skipped. Network targets are only 127.0.0.1 and the addresses that
+:func:`netns_host` creates itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import HostConfig
+
+INSTALL_HINT = (
+    "apt-get update && apt-get install -y rsync openssh-server openssh-client samba "
+    "smbclient iproute2"
+)
+TEST_USER = "droprun-test"
+SMB_PASSWORD = "droprun-pw"
+START_DEADLINE = 10.0
+USER_LOCK = Path("/tmp/droprun-testbed-user.lock")
+
+
+def require_tool(name: str) -> str:
+    """Return the absolute path of the program ``name``; fail the test if it is missing."""
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/sbin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail(f"{name} is not installed; install it with: {INSTALL_HINT}", pytrace=False)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_tempdir(prefix: str) -> Path:
+    """Create a temp dir that the unprivileged test user can traverse (mkdtemp makes 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def wait_listening(
+    proc: subprocess.Popen[bytes], address: str, port: int, log: Path, what: str
+) -> None:
+    """Poll until ``address:port`` accepts TCP; fail with the server's log if it dies first."""
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            if s.connect_ex((address, port)) == 0:
+                return
+        time.sleep(0.02)
+    stop_process(proc)
+    pytest.fail(f"{what} did not listen on {address}:{port}:\n{log.read_text(errors='replace')}")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """TERM the process by pid, KILL it if it has not exited after 5 s, and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything below it, if it exists."""
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def run_checked(argv: list[str], stdin: bytes | None = None) -> str:
+    """Run a setup command; fail the test with its output if it exits non-zero."""
+    proc = subprocess.run(argv, input=stdin, capture_output=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(argv)} exited with {proc.returncode}: "
+            f"{proc.stderr.decode(errors='replace')}{proc.stdout.decode(errors='replace')}"
+        )
+    return proc.stdout.decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class TestUser:
+    """The unprivileged account that tests log in as over ssh and smb."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+
+def ensure_test_user(name: str = TEST_USER) -> TestUser:
+    """Create ``name`` once per machine (``useradd -m``, unlocked for key login) and return it.
+
+    A file lock makes this safe when several pytest processes start at the same time.
+    """
+    useradd, usermod = require_tool("useradd"), require_tool("usermod")
+    with USER_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            run_checked([useradd, "-m", "-s", "/bin/sh", name])
+            entry = pwd.getpwnam(name)
+        # With UsePAM no, sshd refuses even keys for a locked ("!") account.
+        run_checked([usermod, "-p", "*", name])
+    return TestUser(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+
+def keygen(path: Path) -> str:
+    """Create an ed25519 key pair at ``path``; return the public key as ``type base64``."""
+    run_checked([require_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(path)])
+    kind, blob = path.with_suffix(".pub").read_text().split()[:2]
+    return f"{kind} {blob}"
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    """Return how OpenSSH and paramiko name ``address:port`` in known_hosts."""
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def descendants(root: int) -> list[int]:
+    """Return the pids of all living descendants of ``root`` (children first)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def process_name(pid: int) -> str | None:
+    """Return ``/proc/PID/comm``, or None if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+@dataclass(frozen=True)
+class SshServer:
+    """A running sshd and everything a client needs to log in to it.
+
+    ``base`` is a fresh directory in the user's home, owned by the user and removed at
+    teardown; :meth:`host_config` puts ``remote_root`` inside it (not yet created).
+    """
+
+    address: str
+    port: int
+    user: str
+    key: Path
+    known_hosts: Path
+    home: Path
+    tmp: Path
+    base: Path
+    pid: int
+    host_public_key: str
+
+    @property
+    def remote_root(self) -> str:
+        """The remote_root that :meth:`host_config` uses (inside ``base``)."""
+        return str(self.base / "droprun")
+
+    def host_config(self, name: str = "testhost", **overrides: Any) -> HostConfig:
+        """Return an ssh ``HostConfig`` for this server; ``overrides`` replace any field."""
+        config = HostConfig(
+            name=name,
+            kind="ssh",
+            address=self.address,
+            port=self.port,
+            user=self.user,
+            key=self.key,
+            known_hosts=self.known_hosts,
+            remote_root=self.remote_root,
+        )
+        return replace(config, **overrides)
+
+    def ssh_argv(self) -> list[str]:
+        """Return the system ssh client argv (without destination) for this server."""
+        return [
+            require_tool("ssh"),
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+        ]
+
+    @property
+    def destination(self) -> str:
+        """``user@address`` for the system ssh client."""
+        return f"{self.user}@{self.address}"
+
+    def kill_sessions(self) -> int:
+        """SIGKILL the per-connection sshd processes (not the listener); return how many.
+
+        Commands the sessions run are left alone; only processes named ``sshd`` die, so every
+        open connection drops as if the server side had gone away.
+        """
+        victims = [p for p in descendants(self.pid) if process_name(p) == "sshd"]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):  # exited on its own meanwhile
+                os.kill(pid, signal.SIGKILL)
+        return len(victims)
+
+    def write_known_hosts(self, path: Path, public_key: str | None = None) -> Path:
+        """Write a known_hosts file at ``path`` naming this server with ``public_key``.
+
+        With the default, the server's real key; pass another key for a changed-key test.
+        """
+        key = public_key or self.host_public_key
+        path.write_text(f"{known_hosts_name(self.address, self.port)} {key}\n")
+        return path
+
+
+SSHD_CONFIG = """\
+ListenAddress {address}
+HostKey {tmp}/host_key
+PidFile {tmp}/sshd.pid
+AuthorizedKeysFile {tmp}/authorized_keys/%u
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+ClientAliveInterval 2
+ClientAliveCountMax 2
+MaxStartups 100:30:200
+MaxSessions 100
+Subsystem sftp /usr/lib/openssh/sftp-server
+"""
+
+
+@contextlib.contextmanager
+def running_sshd(
+    user: TestUser, address: str, port: int | None = None, netns: str | None = None
+) -> Iterator[SshServer]:
+    """Run a real sshd on ``address`` (inside ``netns`` if given) until the context ends.
+
+    ``port`` None picks a free loopback port (use 22 inside a namespace).
+    """
+    sshd = require_tool("sshd")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    tmp = make_tempdir("drt-sshd-")
+    base = user.home / f"drt-{secrets.token_hex(4)}"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        host_public = keygen(tmp / "host_key")
+        user_public = keygen(tmp / "user_key")
+        (tmp / "authorized_keys").mkdir(mode=0o755)
+        (tmp / "authorized_keys" / user.name).write_text(user_public + "\n")
+        (tmp / "sshd_config").write_text(SSHD_CONFIG.format(address=address, tmp=tmp))
+        base.mkdir(mode=0o755)
+        os.chown(base, user.uid, user.gid)
+        log = tmp / "sshd.log"
+        attempts = 1 if port is not None else 5
+        for _ in range(attempts):  # a picked free port can be taken before sshd binds it
+            chosen = port if port is not None else free_port()
+            (tmp / "known_hosts").write_text(f"{known_hosts_name(address, chosen)} {host_public}\n")
+            prefix = [require_tool("ip"), "netns", "exec", netns] if netns else []
+            argv = [*prefix, sshd, "-D", "-e", "-f", str(tmp / "sshd_config"), "-p", str(chosen)]
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                )
+            if attempts > 1 and b"Address already in use" in _wait_bind(proc, log):
+                proc.wait(timeout=5)
+                continue
+            wait_listening(proc, address, chosen, log, "sshd")
+            break
+        assert proc is not None
+        yield SshServer(
+            address=address,
+            port=chosen,
+            user=user.name,
+            key=tmp / "user_key",
+            known_hosts=tmp / "known_hosts",
+            home=user.home,
+            tmp=tmp,
+            base=base,
+            pid=proc.pid,
+            host_public_key=host_public,
+        )
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        remove_tree(base)
+        remove_tree(tmp)
+
+
+def _wait_bind(proc: subprocess.Popen[bytes], log: Path) -> bytes:
+    """Wait briefly for a fresh sshd to either die or stay up; return its log so far."""
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline and proc.poll() is None:
+        if b"Server listening" in log.read_bytes():
+            break
+        time.sleep(0.01)
+    return log.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def test_user() -> TestUser:
+    """The unprivileged login user, created once per machine."""
+    return ensure_test_user()
+
+
+@pytest.fixture
+def sshd_server(test_user: TestUser) -> Iterator[SshServer]:
+    """A real sshd on 127.0.0.1 and a free port, with its own host key, user key, known_hosts."""
+    with running_sshd(test_user, "127.0.0.1") as server:
+        yield server
+
+
+SMB_CONFIG = """\
+[global]
+interfaces = 127.0.0.1
+bind interfaces only = yes
+smb ports = {port}
+disable netbios = yes
+server role = standalone server
+map archive = no
+load printers = no
+printcap name = /dev/null
+disable spoolss = yes
+private dir = {tmp}/private
+lock directory = {tmp}/lock
+state directory = {tmp}/state
+cache directory = {tmp}/cache
+pid directory = {tmp}/pid
+ncalrpc dir = {tmp}/ncalrpc
+log file = {tmp}/log.smbd
+
+[share]
+path = {share}
+read only = no
+valid users = {user}
+"""
+
+
+@dataclass(frozen=True)
+class SmbServer:
+    """A running smbd serving ``share`` as ``//127.0.0.1/share`` on ``port``."""
+
+    port: int
+    user: str
+    password: str
+    share: Path
+    tmp: Path
+    pid: int
+
+    def smbclient(self, command: str, stdin: bytes | None = None) -> str:
+        """Run one smbclient command line (``-c``) against the share; fail on non-zero exit."""
+        return run_checked(
+            [
+                require_tool("smbclient"),
+                "//127.0.0.1/share",
+                "-p",
+                str(self.port),
+                "-U",
+                f"{self.user}%{self.password}",
+                "-c",
+                command,
+            ],
+            stdin=stdin,
+        )
+
+    def put(self, local_path: Path, remote_name: str) -> None:
+        """Upload ``local_path`` as ``remote_name`` (``dir/name`` allowed; dirs must exist)."""
+        self.smbclient(f'put "{local_path}" "{_smb_name(remote_name)}"')
+
+    def mkdir(self, remote_name: str) -> None:
+        """Create the directory ``remote_name`` on the share."""
+        self.smbclient(f'mkdir "{_smb_name(remote_name)}"')
+
+    def put_slowly(
+        self, local_path: Path, remote_name: str, chunk: int = 1 << 20, pause: float = 0.5
+    ) -> None:
+        """Upload ``local_path`` fed in ``chunk``-byte pieces with ``pause`` s between them.
+
+        The remote file exists (empty or partial) well before it is complete, as when a slow
+        client writes over SMB. smbclient may hold back up to its own buffer size, so a file
+        smaller than that shows as empty until the end. Blocks until the upload is done.
+        """
+        argv = [
+            require_tool("smbclient"),
+            "//127.0.0.1/share",
+            "-p",
+            str(self.port),
+            "-U",
+            f"{self.user}%{self.password}",
+            "-c",
+            f'put /dev/stdin "{_smb_name(remote_name)}"',
+        ]
+        data = local_path.read_bytes()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        for start in range(0, len(data), chunk):
+            if start:
+                time.sleep(pause)
+            proc.stdin.write(data[start : start + chunk])
+            proc.stdin.flush()
+        proc.stdin.close()
+        output = proc.stdout.read().decode(errors="replace")
+        if proc.wait(timeout=60) != 0:
+            pytest.fail(f"smbclient put_slowly exited with {proc.returncode}: {output}")
+
+
+def _smb_name(remote_name: str) -> str:
+    """Return ``remote_name`` with backslashes, as smbclient expects; reject quotes."""
+    if '"' in remote_name:
+        raise ValueError(f"smbclient cannot quote {remote_name!r}")
+    return remote_name.replace("/", "\\")
+
+
+@pytest.fixture
+def smbd_server(test_user: TestUser) -> Iterator[SmbServer]:
+    """A real smbd on 127.0.0.1 and a free port, serving a fresh share dir as the test user.
+
+    Files uploaded through it are owned by the test user; the share dir is ``server.share``.
+    """
+    smbd, smbpasswd = require_tool("smbd"), require_tool("smbpasswd")
+    require_tool("smbclient")
+    tmp = make_tempdir("drt-smbd-")
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
+            (tmp / sub).mkdir()
+        share = tmp / "share"
+        share.mkdir(mode=0o755)
+        os.chown(share, test_user.uid, test_user.gid)
+        log = tmp / "smbd.out"
+        for _ in range(5):  # a picked free port can be taken before smbd binds it
+            port = free_port()
+            conf = tmp / "smb.conf"
+            conf.write_text(SMB_CONFIG.format(port=port, tmp=tmp, share=share, user=test_user.name))
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [smbd, "-F", "--no-process-group", "--debug-stdout", "-d1", "-s", str(conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    # smbd TERMs its whole process group on exit: keep it out of ours.
+                    start_new_session=True,
+                )
+            try:
+                wait_listening(proc, "127.0.0.1", port, log, "smbd")
+                break
+            except pytest.fail.Exception:
+                if b"Address already in use" not in log.read_bytes():
+                    raise
+        assert proc is not None
+        pw = f"{SMB_PASSWORD}\n{SMB_PASSWORD}\n".encode()
+        run_checked([smbpasswd, "-c", str(conf), "-s", "-a", test_user.name], stdin=pw)
+        yield SmbServer(port, test_user.name, SMB_PASSWORD, share, tmp, proc.pid)
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        remove_tree(tmp)
+
+
+@dataclass(frozen=True)
+class NetnsHost:
+    """A network namespace reachable over a veth pair, with an sshd listening inside it.
+
+    ``cut()`` takes the host side of the link down (packets vanish, as with a pulled cable);
+    ``restore()`` brings it back.
+    """
+
+    netns: str
+    veth_host: str
+    veth_ns: str
+    host_address: str
+    address: str
+    ssh: SshServer
+
+    def cut(self) -> None:
+        """Take the link down: connections hang and new ones fail."""
+        run_checked([require_tool("ip"), "link", "set", self.veth_host, "down"])
+
+    def restore(self) -> None:
+        """Bring the link back up and re-add the address route that ``down`` removed."""
+        run_checked([require_tool("ip"), "link", "set", self.veth_host, "up"])
+
+    def host_config(self, name: str = "nshost", **overrides: Any) -> HostConfig:
+        """Return an ssh ``HostConfig`` for the sshd inside the namespace."""
+        return self.ssh.host_config(name, **overrides)
+
+
+def pick_subnet() -> ipaddress.IPv4Network:
+    """Return a random 10.2xx.y.0/24 that no interface on this machine uses yet."""
+    used = run_checked([require_tool("ip"), "-o", "-4", "addr"]) + run_checked(
+        [require_tool("ip"), "-4", "route"]
+    )
+    for _ in range(100):
+        second, third = 210 + secrets.randbelow(40), secrets.randbelow(256)
+        if f"10.{second}.{third}." not in used:
+            return ipaddress.IPv4Network(f"10.{second}.{third}.0/24")
+    pytest.fail("no free 10.2xx.y.0/24 subnet for a test namespace")
+
+
+@pytest.fixture
+def netns_host(test_user: TestUser) -> Iterator[NetnsHost]:
+    """A fresh netns + veth pair on a fresh /24, with sshd on port 22 inside; all torn down."""
+    ip = require_tool("ip")
+    tag = secrets.token_hex(3)
+    netns, veth_h, veth_n = f"drt-{tag}", f"drh-{tag}", f"drn-{tag}"
+    net = pick_subnet()
+    host_addr, ns_addr = str(net.network_address + 1), str(net.network_address + 2)
+    created_ns = created_veth = False
+    try:
+        run_checked([ip, "netns", "add", netns])
+        created_ns = True
+        run_checked([ip, "link", "add", veth_h, "type", "veth", "peer", "name", veth_n])
+        created_veth = True
+        run_checked([ip, "link", "set", veth_n, "netns", netns])
+        run_checked([ip, "addr", "add", f"{host_addr}/24", "dev", veth_h])
+        run_checked([ip, "link", "set", veth_h, "up"])
+        inside = [ip, "netns", "exec", netns, ip]
+        run_checked([*inside, "addr", "add", f"{ns_addr}/24", "dev", veth_n])
+        run_checked([*inside, "link", "set", veth_n, "up"])
+        run_checked([*inside, "link", "set", "lo", "up"])
+        with running_sshd(test_user, ns_addr, port=22, netns=netns) as server:
+            yield NetnsHost(netns, veth_h, veth_n, host_addr, ns_addr, server)
+    finally:
+        if created_ns:
+            run_checked([ip, "netns", "del", netns])
+        if created_veth and Path(f"/sys/class/net/{veth_h}").exists():
+            run_checked([ip, "link", "del", veth_h])
