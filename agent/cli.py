@@ -1,0 +1,249 @@
+"""The ``droprun`` command. Exit codes: 0 ok, 1 user error (message, no traceback), 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__, runinfo, share
+from agent.config import AgentConfig
+from agent.problems import UserError
+from agent.settings import load_agent_config
+
+DEFAULT_CONFIG = "/etc/droprun/droprun.toml"
+
+
+def config_path(given: str | None) -> Path:
+    """Return the agent config path: ``--config``, ``$DROPRUN_CONFIG``, or the default."""
+    return Path(given or os.environ.get("DROPRUN_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(given: str | None) -> AgentConfig:
+    """Load the agent config. Raises UserError (with every problem) if it is missing or bad."""
+    path = config_path(given)
+    if not path.exists():
+        raise UserError(f"{path}: no such agent config (give --config or set DROPRUN_CONFIG)")
+    return load_agent_config(path)
+
+
+def run_folder(config: AgentConfig, project: str, run: str) -> Path:
+    """Return ``<share>/<project>/results/run_N``. Raises UserError if it does not exist."""
+    number = run.removeprefix("run_")
+    if not number.isdigit() or "/" in project or project in ("", ".", ".."):
+        raise UserError(f"no run {run!r} in project {project!r}")
+    folder = config.share / project / "results" / f"run_{int(number)}"
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such run")
+    return folder
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_agent(opts: argparse.Namespace) -> int:
+    """Serve the share (``--once``: take what is there, finish it, exit)."""
+    from agent.service import make_context, serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    config = load_config(opts.config)
+    ctx = make_context(config, logging.getLogger("droprun"))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: ctx.stop.set())
+    serve(ctx, once=opts.once)
+    return 0
+
+
+def cmd_validate(opts: argparse.Namespace) -> int:
+    """Check request, project and agent files offline; exit 1 if any has a problem."""
+    from agent.settings import validate_paths
+
+    config = load_config(opts.config) if opts.config or os.environ.get("DROPRUN_CONFIG") else None
+    paths = [Path(p) for p in opts.files]
+    problems = validate_paths(paths, config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    bad = {p.file for p in problems}
+    for path in paths:
+        if str(path) not in bad and path.name not in bad:
+            print(f"{path}: ok")
+    return 1 if problems else 0
+
+
+def cmd_init(opts: argparse.Namespace) -> int:
+    """Write commented templates into a share; never overwrite a file."""
+    from agent.templates import agent_template, project_template, request_template
+
+    root = Path(opts.share).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    files = {
+        root / "droprun.toml": agent_template(root),
+        root / "project.toml.template": project_template(),
+        root / "run.request.template": request_template(),
+    }
+    for path, text in files.items():
+        if path.exists():
+            print(f"{path}: exists, left as it is")
+            continue
+        path.write_text(text, encoding="utf-8")
+        print(f"{path}: written")
+    print(
+        f"\nNext: edit {root / 'droprun.toml'}, make a project folder with a bin/ in {root},\n"
+        f"and run: droprun agent --config {root / 'droprun.toml'}"
+    )
+    return 0
+
+
+def _duration(info: runinfo.RunInfo, now: float) -> str:
+    if info.duration_s is not None:
+        seconds = info.duration_s
+    elif info.start_epoch is not None and not info.terminal:
+        seconds = int(now) - info.start_epoch
+    else:
+        return "-"
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def status_rows(config: AgentConfig, project: str | None = None) -> list[list[str]]:
+    """Return one row per run: project, run, state, host, start, duration, exit code."""
+    now = time.time()
+    rows = []
+    for run_dir in share.iter_run_dirs(config.share):
+        if project and run_dir.parent.parent.name != project:
+            continue
+        try:
+            info = runinfo.load(run_dir / "run.info")
+        except runinfo.RunInfoError:
+            rows.append([run_dir.parent.parent.name, run_dir.name, "?", "-", "-", "-", "-"])
+            continue
+        start = (
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(info.start_epoch))
+            if info.start_epoch
+            else "-"
+        )
+        code = "-" if info.exit_code is None else str(info.exit_code)
+        rows.append(
+            [
+                info.project,
+                f"run_{info.run}",
+                info.state,
+                info.host or "-",
+                start,
+                _duration(info, now),
+                code,
+            ]
+        )
+    return rows
+
+
+def cmd_status(opts: argparse.Namespace) -> int:
+    """Print a table of runs."""
+    config = load_config(opts.config)
+    header = ["PROJECT", "RUN", "STATE", "HOST", "START", "DURATION", "EXIT"]
+    rows = status_rows(config, opts.project)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_tail(opts: argparse.Namespace) -> int:
+    """Print a run's log; follow it while the run is not terminal (unless ``--no-follow``)."""
+    folder = run_folder(load_config(opts.config), opts.project, opts.run)
+    log_path = folder / "log.log"
+    offset = 0
+    while True:
+        if log_path.exists():
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            offset += len(chunk)
+        if opts.no_follow or runinfo.load(folder / "run.info").terminal:
+            return 0
+        time.sleep(1.0)
+
+
+def cmd_cancel(opts: argparse.Namespace) -> int:
+    """Drop a ``cancel`` file into the run folder, as a person would."""
+    folder = run_folder(load_config(opts.config), opts.project, opts.run)
+    if runinfo.load(folder / "run.info").terminal:
+        raise UserError(f"{folder}: the run has already ended")
+    (folder / "cancel").touch()
+    print(f"{folder / 'cancel'}: written; the agent stops the run within seconds")
+    return 0
+
+
+def cmd_submit(opts: argparse.Namespace) -> int:
+    """Write a valid ``run.request`` into a project folder from KEY=VALUE pairs."""
+    from agent.submit import write_request
+
+    config = load_config(opts.config)
+    path = write_request(config, opts.project, opts.settings)
+    print(f"{path}: written")
+    return 0
+
+
+def cmd_demo(opts: argparse.Namespace) -> int:
+    """Run the example project on the local host in a temporary share and show the result."""
+    from agent.demo import run_demo
+
+    return run_demo(Path(opts.dir) if opts.dir else None)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every ``droprun`` command."""
+    parser = argparse.ArgumentParser(prog="droprun", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"droprun {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: object, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if name not in ("init", "demo"):
+            p.add_argument(
+                "--config", help=f"agent config (default $DROPRUN_CONFIG or {DEFAULT_CONFIG})"
+            )
+        return p
+
+    p = command("agent", cmd_agent, "serve the share")
+    p.add_argument("--once", action="store_true", help="take the requests there now, finish, exit")
+    p = command("validate", cmd_validate, "check request, project.toml and droprun.toml files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p = command("init", cmd_init, "write commented templates into a share")
+    p.add_argument("share", metavar="SHARE")
+    p = command("status", cmd_status, "list runs")
+    p.add_argument("project", nargs="?", metavar="PROJECT")
+    p = command("tail", cmd_tail, "print a run's log, following it while it runs")
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--no-follow", action="store_true", help="print what there is and exit")
+    p = command("cancel", cmd_cancel, "cancel a run")
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("run", metavar="RUN")
+    p = command("submit", cmd_submit, "write a run.request into a project folder")
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+    p = command("demo", cmd_demo, "run the example project on this machine and show the result")
+    p.add_argument("--dir", help="where to make the demo share (default: a new temporary folder)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``droprun`` command line; return the exit code."""
+    opts = make_parser().parse_args(argv)
+    try:
+        return int(opts.func(opts))
+    except UserError as exc:
+        print(f"droprun: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

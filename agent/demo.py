@@ -1,0 +1,90 @@
+"""``droprun demo``: the example project, run on this machine, start to finish."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from agent import runinfo
+from agent.settings import load_agent_config
+
+EXAMPLE_PROJECT = "tiny-regression"
+
+
+def example_share() -> Path:
+    """Return the example share shipped in the package (or in a source checkout).
+
+    Raises FileNotFoundError if neither is there.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "examples" / "share", here.parent / "examples" / "share"):
+        if (candidate / EXAMPLE_PROJECT / "bin").is_dir():
+            return candidate
+    raise FileNotFoundError("the example share is missing from this installation")
+
+
+def tree(root: Path, prefix: str = "") -> list[str]:
+    """Return the lines of a small ``tree``-style listing of ``root``."""
+    lines = []
+    entries = sorted(root.iterdir(), key=lambda p: (p.is_file(), p.name))
+    for i, entry in enumerate(entries):
+        last = i == len(entries) - 1
+        lines.append(
+            f"{prefix}{'`-- ' if last else '|-- '}{entry.name}{'/' if entry.is_dir() else ''}"
+        )
+        if entry.is_dir():
+            lines.extend(tree(entry, prefix + ("    " if last else "|   ")))
+    return lines
+
+
+def write_config(root: Path) -> Path:
+    """Write the demo's agent config (local host, server folder inside ``root``)."""
+    path = root / "droprun.toml"
+    path.write_text(
+        "# The demo's agent config: the built-in local host, with its 'server' folder here.\n"
+        f'share = "{root / "share"}"\n'
+        f'state_dir = "{root / "state"}"\n'
+        "settle = 0.2\n\n"
+        "[hosts.local]\n"
+        'kind = "local"\n'
+        f'remote_root = "{root / "server"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_demo(where: Path | None = None) -> int:
+    """Copy the example share, drop a request, serve it once, and show what came out.
+
+    Returns 0 if the run succeeded, 1 otherwise.
+    """
+    from agent.service import make_context, serve
+
+    root = where or Path(tempfile.mkdtemp(prefix="droprun-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    share = root / "share"
+    shutil.copytree(example_share(), share, symlinks=True)
+    project = share / EXAMPLE_PROJECT
+    config = load_agent_config(write_config(root))
+    shutil.copyfile(project / "run.request.example", project / "run.request")
+    print(f"droprun demo in {root}")
+    print(f"Dropped {project / 'run.request'}; the agent takes it and runs it here.\n")
+    logging.basicConfig(level=logging.INFO, format="  agent: %(message)s", stream=sys.stdout)
+    serve(make_context(config, logging.getLogger("droprun.demo")), once=True)
+
+    run_dir = project / "results" / "run_0"
+    info = runinfo.load(run_dir / "run.info")
+    print(f"\n{share}")
+    print("\n".join(tree(share)))
+    log_lines = (run_dir / "log.log").read_text(errors="replace").splitlines()
+    print(
+        f"\nrun_0: {info.state}, {info.duration_s} s on host {info.host!r},"
+        f" exit code {info.exit_code}"
+    )
+    print("last lines of log.log:")
+    print("\n".join(f"  {line}" for line in log_lines[-4:]))
+    print(f"\nEverything about the run: {run_dir}")
+    return 0 if info.state == runinfo.SUCCEEDED else 1

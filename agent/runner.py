@@ -1,0 +1,280 @@
+"""Drives one run from ``accepted`` to a terminal state, and resumes it after a restart.
+
+Every step reads and writes ``run.info`` so that an agent killed at any moment can pick the
+run up again: ``uploading`` redoes the upload (launching is idempotent on the host),
+``running`` reattaches to the process, ``finishing`` redoes the final sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import runinfo
+from agent.archive import make_archive
+from agent.config import AgentConfig
+from agent.durations import parse_duration
+from agent.hosts.base import Host, HostError, LaunchSpec, ProcStatus, RunRef
+from agent.runinfo import RunInfo
+from agent.settings import RunSettings
+
+CANCEL_FILE = "cancel"
+RETRY_DELAY = 2.0
+RETRY_DELAY_MAX = 60.0
+
+
+@dataclass
+class RunContext:
+    """What a run needs from the agent: config, hosts, a logger, the stop signal, a clock."""
+
+    config: AgentConfig
+    hosts: Mapping[str, Host]
+    log: logging.Logger
+    stop: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], float] = time.time
+
+
+def settings_from_info(info: RunInfo) -> RunSettings:
+    """Rebuild the typed run settings frozen into ``info.effective``."""
+    table: dict[str, Any] = dict(info.effective)
+    table.pop("sources", None)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in ("timeout", "backup_every"):
+            values[key] = parse_duration(value)
+        elif isinstance(value, list):
+            values[key] = tuple(value)
+        else:
+            values[key] = value
+    known = RunSettings.__dataclass_fields__
+    return RunSettings(**{k: v for k, v in values.items() if k in known})
+
+
+class Stopped(Exception):
+    """The agent is stopping; the run stays as it is, to be resumed later."""
+
+
+class RunDriver:
+    """Takes one run folder through its states on one host."""
+
+    def __init__(self, ctx: RunContext, run_dir: Path, slot: int = 0) -> None:
+        self.ctx = ctx
+        self.run_dir = run_dir
+        self.slot = slot
+        self.info_path = run_dir / "run.info"
+        self.info = runinfo.load(self.info_path)
+        self.ref = RunRef(self.info.project, self.info.run)
+        self.settings = settings_from_info(self.info)
+        self.host = ctx.hosts[self.info.host or self.settings.host]
+        self.host_config = ctx.config.hosts[self.host.name]
+        self.project_dir = run_dir.parent.parent
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write run.info atomically."""
+        runinfo.save(self.info_path, self.info)
+
+    def move(self, state: str, reason: str | None = None) -> None:
+        """Record a state change in run.info and the log."""
+        self.info.transition(state, reason)
+        self.save()
+        extra = f" ({reason})" if reason else ""
+        self.ctx.log.info("%s: %s%s", self.ref.label, state, extra)
+
+    def cancel_requested(self) -> bool:
+        """True if a person dropped a ``cancel`` file into the run folder."""
+        return (self.run_dir / CANCEL_FILE).exists()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; raise Stopped if the agent is told to stop meanwhile."""
+        if self.ctx.stop.wait(seconds):
+            raise Stopped
+
+    def end(self, state: str, reason: str | None = None, exit_code: int | None = None) -> None:
+        """Record the end time and move to the terminal ``state``."""
+        now = int(self.ctx.clock())
+        self.info.end_epoch = now
+        self.info.end_time = runinfo.date_string(now)
+        if self.info.start_epoch is not None:
+            self.info.duration_s = now - self.info.start_epoch
+        if exit_code is not None:
+            self.info.exit_code = exit_code
+        self.move(state, reason)
+
+    # -- the phases --------------------------------------------------------------------
+
+    def drive(self) -> None:
+        """Run every remaining phase. Returns when terminal or when the agent stops."""
+        try:
+            if self.info.state in (runinfo.ACCEPTED, runinfo.QUEUED, runinfo.WAKING):
+                if self.cancel_requested():
+                    self.end(runinfo.CANCELLED, "cancelled before it started")
+                    return
+                self.prepare()
+            if self.info.state == runinfo.UPLOADING:
+                self.upload_and_launch()
+            if self.info.state == runinfo.RUNNING:
+                self.watch()
+            if self.info.state == runinfo.FINISHING:
+                self.finish()
+        except Stopped:
+            self.ctx.log.info("%s: left %s for the next start", self.ref.label, self.info.state)
+        except HostError as exc:
+            if not self.info.terminal:
+                self.end(runinfo.ERROR, f"host {self.host.name}: {exc}")
+
+    def prepare(self) -> None:
+        """Check the code is there, wake the host if needed, and move to ``uploading``."""
+        script = self.project_dir / "bin" / self.settings.run_script
+        if not (script.is_file() or script.is_symlink()):
+            self.end(
+                runinfo.ERROR, f"run_script {self.settings.run_script!r} does not exist in bin/"
+            )
+            return
+        if not self.host.reachable():
+            if self.info.state != runinfo.WAKING:
+                self.move(runinfo.WAKING, f"waiting for host {self.host.name} to answer")
+            self.host.wake()
+            self.host.wait_ready(self.host_config.wake_timeout)
+        self.move(runinfo.UPLOADING)
+
+    def upload_and_launch(self) -> None:
+        """Archive and upload ``bin/``, start the script, and move to ``running``."""
+        self.host.run_starting()
+        bin_dir = self.project_dir / "bin"
+        archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
+        self.info.bin_files, self.info.bin_bytes = archive.files, archive.bytes
+        self.info.bin_sha256 = archive.sha256
+        self.info.remote_dir = self.host.remote_dir(self.ref)
+        self.info.bytes_uploaded = self.retry(
+            lambda: self.host.upload(self.ref, bin_dir, self.settings.exclude), "upload"
+        )
+        self.save()
+        if self.cancel_requested():
+            self.host.cleanup(self.ref)
+            self.end(runinfo.CANCELLED, "cancelled before it started")
+            return
+        pid = self.retry(lambda: self.host.launch(self.ref, self.launch_spec()), "launch")
+        now = int(self.ctx.clock())
+        self.info.remote_pid = pid
+        self.info.start_epoch = now
+        self.info.start_time = runinfo.date_string(now)
+        self.move(runinfo.RUNNING)
+
+    def launch_spec(self) -> LaunchSpec:
+        """Return what the launcher needs, with this slot's GPU if the host lists GPUs."""
+        gpus = self.host_config.gpus
+        s = self.settings
+        return LaunchSpec(
+            run_script=s.run_script,
+            args=s.args,
+            env=dict(s.env),
+            setup=s.setup,
+            conda_env=s.conda_env,
+            output_dir=s.output_dir,
+            cuda_visible_devices=gpus[self.slot % len(gpus)] if gpus else None,
+        )
+
+    def retry(self, step: Callable[[], Any], what: str) -> Any:
+        """Run ``step``, retrying transient HostErrors with backoff for up to wake_timeout.
+
+        Raises the last HostError when it is permanent or the time is up; Stopped on stop.
+        """
+        deadline = self.ctx.clock() + self.host_config.wake_timeout
+        delay = RETRY_DELAY
+        while True:
+            try:
+                return step()
+            except HostError as exc:
+                if not exc.transient or self.ctx.clock() + delay > deadline:
+                    raise
+                self.ctx.log.warning("%s: %s failed, retrying: %s", self.ref.label, what, exc)
+                self.sleep(delay)
+                delay = min(delay * 2, RETRY_DELAY_MAX)
+
+    def pull_log(self) -> None:
+        """Append the log's new bytes to ``log.log``."""
+        log_path = self.run_dir / "log.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        while True:
+            chunk = self.host.read_log(self.ref, offset)
+            if not chunk:
+                return
+            with open(log_path, "ab") as out:
+                out.write(chunk)
+            offset += len(chunk)
+
+    def mirror(self) -> None:
+        """Mirror ``output_dir`` into ``output/`` and count the bytes."""
+        result = self.host.mirror(self.ref, self.settings.output_dir, self.run_dir / "output")
+        self.info.bytes_mirrored += result.bytes_received
+        self.save()
+
+    def watch(self) -> None:
+        """Stream the log and mirror outputs until the process ends, times out or is cancelled."""
+        last_mirror = self.ctx.clock()
+        failing_since: float | None = None
+        while True:
+            try:
+                status = self.host.status(self.ref)
+                self.pull_log()
+                if status.state in ("exited", "vanished"):
+                    break
+                if self.cancel_requested():
+                    self.stop_process(runinfo.CANCELLED, "cancelled (a cancel file was dropped)")
+                    break
+                assert self.info.start_epoch is not None
+                if self.ctx.clock() - self.info.start_epoch > self.settings.timeout:
+                    limit = self.info.effective.get("timeout", self.settings.timeout)
+                    self.stop_process(runinfo.TIMED_OUT, f"hit the time limit of {limit}")
+                    break
+                if self.ctx.clock() - last_mirror >= self.settings.backup_every:
+                    self.mirror()
+                    last_mirror = self.ctx.clock()
+                failing_since = None
+            except HostError as exc:
+                if not exc.transient:
+                    raise
+                # The training goes on without us: keep trying, and say so once a minute.
+                now = self.ctx.clock()
+                if failing_since is None or now - failing_since >= 60:
+                    self.ctx.log.warning("%s: host not answering: %s", self.ref.label, exc)
+                    failing_since = now
+            self.sleep(self.ctx.config.log_every)
+        self.move(runinfo.FINISHING)
+
+    def stop_process(self, outcome: str, reason: str) -> None:
+        """Record why the process is being stopped, then stop its whole process group."""
+        self.info.outcome = outcome
+        self.info.reason = reason
+        self.save()
+        self.host.kill(self.ref, self.ctx.config.kill_grace)
+
+    def finish(self) -> None:
+        """Final log pull and mirror, clean up the host, and reach the terminal state."""
+        status: ProcStatus = self.retry(lambda: self.host.status(self.ref), "status")
+        if status.state == "running":  # reattached after a kill during finishing
+            self.host.kill(self.ref, self.ctx.config.kill_grace)
+            status = self.host.status(self.ref)
+        self.retry(self.pull_log, "log pull")
+        self.retry(self.mirror, "final mirror")
+        self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
+        if self.info.outcome:
+            self.end(self.info.outcome, self.info.reason, status.exit_code)
+        elif status.state == "exited" and status.exit_code == 0:
+            self.end(runinfo.SUCCEEDED, None, 0)
+        elif status.state == "exited":
+            self.end(
+                runinfo.FAILED, f"the script exited with code {status.exit_code}", status.exit_code
+            )
+        else:
+            self.end(
+                runinfo.FAILED,
+                "the training process vanished (killed from outside, or the server restarted)",
+            )

@@ -1,0 +1,246 @@
+"""The share's layout: projects, requests, run folders, and accepting or rejecting a request.
+
+Accepting claims the next run number, moves the request verbatim into ``results/run_N/``
+and writes the first ``run.info``. Rejecting renames the request to ``*.rejected`` and
+writes a ``*.error`` beside it. A user's file is never deleted or overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import runinfo
+from agent.config import AgentConfig
+from agent.problems import InvalidFile
+from agent.runinfo import RunInfo
+from agent.settings import MAX_REQUEST_BYTES, merge, parse_request, read_project_layer
+
+REQUEST_SUFFIX = ".request"
+RUN_DIR_RE = re.compile(r"^run_(\d+)$")
+COUNTER_NAME = ".next_run"
+JUNK_NAMES = frozenset(
+    {".DS_Store", "Thumbs.db", "desktop.ini", "@eaDir", "#recycle", "#snapshot", ".droprun"}
+)
+
+
+def is_junk(name: str) -> bool:
+    """Return True for files that file browsers, editors or the NAS leave behind."""
+    return (
+        name in JUNK_NAMES
+        or name.startswith(("._", "~$", ".#", ".~"))
+        or name.endswith(("~", ".swp", ".swo", ".swx", ".tmp"))
+        or (name.startswith("#") and name.endswith("#"))
+    )
+
+
+def project_dirs(share: Path) -> list[Path]:
+    """Return the folders directly under ``share`` that may hold requests, sorted by name."""
+    try:
+        entries = sorted(os.scandir(share), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if not is_junk(e.name) and not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+    ]
+
+
+def find_requests(share: Path) -> list[Path]:
+    """Return every ``*.request`` waiting in a project folder of ``share``, oldest first."""
+    found: list[tuple[int, Path]] = []
+    for project in project_dirs(share):
+        try:
+            entries = list(os.scandir(project))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(REQUEST_SUFFIX) and not is_junk(entry.name):
+                try:
+                    found.append((entry.stat(follow_symlinks=False).st_mtime_ns, Path(entry.path)))
+                except FileNotFoundError:
+                    continue
+    return [p for _, p in sorted(found)]
+
+
+def signature(path: Path) -> tuple[int, int] | None:
+    """Return (size, mtime_ns) of ``path``, or None if it is gone."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def run_dirs(project: Path) -> list[tuple[int, Path]]:
+    """Return (number, folder) of every ``results/run_N`` of ``project``, by number."""
+    try:
+        entries = list(os.scandir(project / "results"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    runs = []
+    for e in entries:
+        m = RUN_DIR_RE.match(e.name)
+        if m and e.is_dir(follow_symlinks=False):
+            runs.append((int(m.group(1)), Path(e.path)))
+    return sorted(runs)
+
+
+def iter_run_dirs(share: Path) -> Iterator[Path]:
+    """Yield every run folder of every project of ``share``."""
+    for project in project_dirs(share):
+        for _, run_dir in run_dirs(project):
+            yield run_dir
+
+
+def claim_run_dir(project: Path) -> tuple[int, Path]:
+    """Create the next ``results/run_N`` of ``project`` and return (N, folder).
+
+    The number is above every existing run and above the counter file, so numbers are
+    never reused, and ``mkdir`` is exclusive, so two claims never share one.
+    """
+    results = project / "results"
+    results.mkdir(exist_ok=True)
+    counter = results / COUNTER_NAME
+    try:
+        floor = int(counter.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        floor = 0
+    existing = [n for n, _ in run_dirs(project)]
+    n = max([floor, *(x + 1 for x in existing)])
+    while True:
+        run_dir = results / f"run_{n}"
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    runinfo.atomic_write(counter, f"{n + 1}\n".encode())
+    return n, run_dir
+
+
+def _free_name(path: Path) -> Path:
+    """Return ``path``, or ``path.1``, ``path.2``... whichever does not exist yet."""
+    candidate, i = path, 0
+    while candidate.exists() or candidate.is_symlink():
+        i += 1
+        candidate = path.with_name(f"{path.name}.{i}")
+    return candidate
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        return pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return str(st.st_uid)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request that became run ``run`` in ``run_dir``."""
+
+    run_dir: Path
+    info: RunInfo
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A request that was renamed to ``rejected`` with the reasons in ``error_file``."""
+
+    request: Path
+    rejected: Path
+    error_file: Path
+    problems: tuple[str, ...]
+
+
+def reject(request: Path, problems: list[str]) -> Rejected:
+    """Rename ``request`` to ``NAME.rejected`` and write ``NAME.error`` beside it."""
+    rejected = _free_name(request.with_name(request.name + ".rejected"))
+    os.rename(request, rejected)
+    error_file = _free_name(request.with_name(request.name + ".error"))
+    text = (
+        f'droprun could not accept "{request.name}"; nothing was started.\n'
+        f'The file is kept, unchanged, as "{rejected.name}".\n\n'
+        + "".join(f"- {p}\n" for p in problems)
+        + f'\nFix it and save it again as "{request.name}" (or any name ending in .request).\n'
+    )
+    with open(error_file, "x", encoding="utf-8") as out:
+        out.write(text)
+    return Rejected(request, rejected, error_file, tuple(problems))
+
+
+def _project_problems(project: Path, share: Path) -> list[str]:
+    """Return why ``project`` cannot run anything (empty if it can)."""
+    share_real = share.resolve()
+    if not project.resolve().is_relative_to(share_real):
+        return [f"the project folder {project.name} points outside the share"]
+    bin_dir = project / "bin"
+    if not bin_dir.is_dir():
+        return [f"the project folder {project.name} has no bin/ folder with the code to run"]
+    if not bin_dir.resolve().is_relative_to(share_real):
+        return [f"{project.name}/bin is a link that points outside the share"]
+    return []
+
+
+def read_request(request: Path) -> bytes:
+    """Read at most ``MAX_REQUEST_BYTES + 1`` bytes of ``request``, never all of a huge file."""
+    with open(request, "rb") as f:
+        return f.read(MAX_REQUEST_BYTES + 1)
+
+
+def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
+    """Accept ``request`` into a new run folder, or reject it with every reason.
+
+    Raises OSError only for failures of the share itself (not for bad user input).
+    """
+    project = request.parent
+    st = request.lstat()
+    if not request.is_file() or request.is_symlink():
+        return reject(request, [f"{request.name} is not a regular file"])
+    problems = _project_problems(project, config.share)
+    if problems:
+        return reject(request, problems)
+    data = read_request(request)
+    try:
+        layer_project = read_project_layer(project / "project.toml", config.hosts.keys())
+        layer_request = parse_request(data, request.name, config.hosts.keys())
+    except InvalidFile as exc:
+        return reject(request, [str(p) for p in exc.problems])
+    effective = merge(config.defaults, layer_project, layer_request)
+    number, run_dir = claim_run_dir(project)
+    target = run_dir / "run.request"
+    try:
+        os.rename(request, target)
+    except FileNotFoundError:
+        run_dir.rmdir()  # the request vanished; the number stays used, the empty folder goes
+        raise
+    moved = target.read_bytes()
+    if moved != data:  # changed between our read and the rename: validate what we own now
+        try:
+            layer_request = parse_request(moved, request.name, config.hosts.keys())
+        except InvalidFile as exc:
+            os.rename(target, request)
+            run_dir.rmdir()
+            return reject(request, [str(p) for p in exc.problems])
+        effective = merge(config.defaults, layer_project, layer_request)
+    info = RunInfo(
+        project=project.name,
+        run=number,
+        name=effective.name,
+        notes=effective.notes,
+        host=effective.settings.host,
+        submitted_by=_owner(st),
+        request_sha256=hashlib.sha256(moved).hexdigest(),
+        accepted_at=runinfo.now_iso(),
+        timeout_s=effective.settings.timeout,
+        effective=effective.to_table(),
+        history=[{"state": runinfo.ACCEPTED, "at": runinfo.now_iso()}],
+    )
+    runinfo.save(run_dir / "run.info", info)
+    return Accepted(run_dir, info)

@@ -1,0 +1,73 @@
+"""``droprun submit``: write a valid request from KEY=VALUE pairs, never over an existing file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from agent.config import AgentConfig
+from agent.problems import UserError
+from agent.settings import parse_request
+
+
+def parse_value(text: str) -> Any:
+    """Return ``text`` as a TOML value (``["a", "b"]``, ``3``, ``"2h"``), else as a plain string."""
+    try:
+        return tomlkit.parse(f"v = {text}")["v"]
+    except Exception:  # not TOML: take it literally, the way a person meant it
+        return text
+
+
+def pairs_to_toml(pairs: Sequence[str]) -> str:
+    """Return request TOML for ``KEY=VALUE`` pairs (``env.NAME=V`` sets one env variable).
+
+    Raises UserError for a pair without ``=``.
+    """
+    doc = tomlkit.document()
+    env = tomlkit.table()
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"{pair!r}: expected KEY=VALUE")
+        if key.startswith("env."):
+            env.add(key.removeprefix("env."), value)
+        else:
+            doc.add(key, parse_value(value))
+    if env:
+        doc.add("env", env)
+    return tomlkit.dumps(doc)
+
+
+def write_request(config: AgentConfig, project: str, pairs: Sequence[str]) -> Path:
+    """Validate the request and write it into ``<share>/<project>/``; return its path.
+
+    The file appears whole (written to a temp file, then hard-linked to its name) and
+    never replaces an existing request. Raises UserError or InvalidFile.
+    """
+    folder = config.share / project
+    if "/" in project or not (folder / "bin").is_dir():
+        raise UserError(f"{folder}: not a project folder (it needs a bin/ folder)")
+    text = pairs_to_toml(pairs)
+    parse_request(text.encode(), "run.request", config.hosts.keys())
+    fd, tmp = tempfile.mkstemp(prefix=".submit-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        for i in range(1000):
+            path = folder / ("run.request" if i == 0 else f"run-{i}.request")
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+        raise UserError(f"{folder}: too many requests waiting")
+    finally:
+        os.unlink(tmp)

@@ -1,0 +1,53 @@
+"""run.info: versioned, checked, atomically replaced."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import runinfo
+from agent.runinfo import RunInfo, RunInfoError
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    info = RunInfo(project="p", run=3, name='quote " and $(x)', exit_code=0, gpu_names=["A100"])
+    info.effective = {"timeout": "1h", "sources": {"timeout": "project"}}
+    info.transition(runinfo.QUEUED)
+    path = tmp_path / "run.info"
+    runinfo.save(path, info)
+    text = path.read_text()
+    assert text.startswith("format = 1\n")
+    back = runinfo.load(path)
+    assert back == info
+
+
+def test_no_temp_files_are_left_behind(tmp_path):
+    path = tmp_path / "run.info"
+    for state in (runinfo.QUEUED, runinfo.UPLOADING):
+        info = RunInfo(project="p", run=0)
+        info.transition(state)
+        runinfo.save(path, info)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.info"]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("format = 2\nproject = 'p'\nrun = 0\nstate = 'queued'\n", "format"),
+        ("format = 1\nproject = 'p'\nrun = 0\nstate = 'dancing'\n", "dancing"),
+        ("format = 1\nrun = 0\nstate = 'queued'\n", "project"),
+        ("format = 1\nproject = 'p'\nrun = 0\nstate = \n", "TOML"),
+        ("format = 1\nproject = 'p'\nrun = 'x'\nstate = 'queued'\n", "whole number"),
+    ],
+)
+def test_corrupted_run_info_is_reported(tmp_path, text, words):
+    path = tmp_path / "run.info"
+    path.write_text(text)
+    with pytest.raises(RunInfoError, match=words):
+        runinfo.load(path)
+
+
+def test_terminal_states_are_final():
+    info = RunInfo(project="p", run=0)
+    info.transition(runinfo.SUCCEEDED)
+    with pytest.raises(ValueError):
+        info.transition(runinfo.RUNNING)

@@ -1,0 +1,140 @@
+"""Accepting and rejecting requests on a real folder tree."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent import runinfo, share
+from agent.settings import MAX_REQUEST_BYTES, load_agent_config
+
+from shares import drop, make_project, write_config
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_agent_config(write_config(tmp_path))
+
+
+def test_junk_is_ignored():
+    for name in (
+        "._run.request",
+        ".DS_Store",
+        "Thumbs.db",
+        "desktop.ini",
+        "@eaDir",
+        "~$x.request",
+        "run.request~",
+        ".run.request.swp",
+        "#recycle",
+    ):
+        assert share.is_junk(name), name
+    assert not share.is_junk("run.request")
+
+
+def test_find_requests_skips_junk_and_hidden(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    for name in ("run.request", "._run.request", "x.request.rejected", ".hidden.request"):
+        (project / name).write_text("")
+    (config.share / "@eaDir").mkdir()
+    (config.share / "@eaDir" / "y.request").write_text("")
+    found = [p.name for p in share.find_requests(config.share)]
+    assert found == ["run.request"]
+
+
+def test_run_numbers_are_never_reused(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    numbers = [share.claim_run_dir(project)[0] for _ in range(3)]
+    assert numbers == [0, 1, 2]
+    (project / "results" / "run_2").rmdir()  # a person deletes the newest run
+    assert share.claim_run_dir(project)[0] == 3
+
+
+def test_accept_moves_the_request_verbatim(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    text = '# my run\nname = "x"  # keep this comment\n'
+    request = drop(project, text)
+    result = share.accept(request, config)
+    assert isinstance(result, share.Accepted)
+    assert (result.run_dir / "run.request").read_text() == text
+    info = runinfo.load(result.run_dir / "run.info")
+    assert info.state == runinfo.ACCEPTED and info.name == "x"
+    assert info.request_sha256 and len(info.request_sha256) == 64
+    assert info.submitted_by
+
+
+def reject_text(result) -> str:
+    assert isinstance(result, share.Rejected)
+    return result.error_file.read_text()
+
+
+def test_rejected_request_is_kept_with_its_reasons(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    text = 'timout = "1h"\nargs = "x"\nhost = "nowhere"\n'
+    result = share.accept(drop(project, text), config)
+    error = reject_text(result)
+    assert result.rejected.read_text() == text
+    assert not (project / "run.request").exists()
+    assert "run.request:1" in error and "timeout" in error  # did you mean
+    assert "run.request:2" in error and "args" in error
+    assert "run.request:3" in error and "nowhere" in error
+    assert not (project / "results").exists()
+
+
+def test_a_second_rejection_never_overwrites_the_first(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    first = share.accept(drop(project, "bad = 1\n"), config)
+    second = share.accept(drop(project, "worse = 2\n"), config)
+    assert first.rejected.read_text() == "bad = 1\n"
+    assert second.rejected.read_text() == "worse = 2\n"
+    assert first.error_file != second.error_file
+
+
+def test_project_without_bin_is_rejected(config):
+    folder = config.share / "nobin"
+    folder.mkdir()
+    error = reject_text(share.accept(drop(folder, ""), config))
+    assert "bin/" in error
+
+
+def test_bin_linking_outside_the_share_is_rejected(config, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = config.share / "evil"
+    folder.mkdir()
+    os.symlink(outside, folder / "bin")
+    error = reject_text(share.accept(drop(folder, ""), config))
+    assert "outside the share" in error
+
+
+def test_symlinked_request_is_rejected_not_followed(config, tmp_path):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    secret = tmp_path / "secret"
+    secret.write_text("timeout = 1\n")
+    os.symlink(secret, project / "run.request")
+    error = reject_text(share.accept(project / "run.request", config))
+    assert "not a regular file" in error
+    assert secret.read_text() == "timeout = 1\n"
+
+
+def test_huge_request_is_rejected_without_reading_it_all(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    request = project / "run.request"
+    with open(request, "wb") as f:
+        f.write(b"# " + b"x" * (MAX_REQUEST_BYTES * 4) + b"\n")
+    error = reject_text(share.accept(request, config))
+    assert "KiB" in error or "large" in error
+
+
+def test_not_utf8_is_rejected(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    (project / "run.request").write_bytes(b'name = "\xff\xfe"\n')
+    error = reject_text(share.accept(project / "run.request", config))
+    assert "UTF-8" in error
+
+
+def test_broken_project_toml_rejects_the_request_and_names_it(config):
+    project = make_project(config.share, "p", {"run.sh": ""}, project_toml="timeout = \n")
+    error = reject_text(share.accept(drop(project, ""), config))
+    assert "project.toml" in error
