@@ -1,0 +1,270 @@
+"""Kinds of values in settings files: each turns a TOML value into a typed one, or says
+what it found and what it expected. The limits against hostile input live here; the keys
+that use these kinds are in :mod:`agent.schema`."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.durations import format_duration, parse_duration
+from agent.tomlsrc import describe
+
+MAX_ITEMS = 1000
+MAX_STRING = 4096
+MAX_NOTES = 16384
+MAX_NAME = 200
+MAX_DURATION = 366 * 86400
+
+CONDA_ENV_RE = re.compile(r"[A-Za-z0-9_.-]+")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
+# ssh words: never starting with "-", so that they cannot be read as an option.
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9_.:%\[\]-]*")
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a check needs beyond the value: defined host names (None: skip that check) and
+    the folder that relative local paths resolve against (None: the current folder)."""
+
+    host_names: Collection[str] | None = None
+    base_dir: Path | None = None
+
+
+class BadEntries(ValueError):
+    """Several entries of a table value are wrong; ``entries`` holds (entry name, message)."""
+
+    def __init__(self, entries: Sequence[tuple[str, str]]) -> None:
+        self.entries = tuple(entries)
+        super().__init__("; ".join(f"{name}: {message}" for name, message in self.entries))
+
+
+@dataclass(frozen=True)
+class ValueType:
+    """A kind of value: ``name`` is shown in templates; ``convert`` turns the TOML value into
+    the typed value or raises ValueError saying what was found and what was expected."""
+
+    name: str
+    convert: Callable[[object, Context], Any]
+
+
+def did_you_mean(word: str, choices: Collection[str]) -> str:
+    """Return ``' (did you mean "x"?)'`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _fail(value: object, expected: str) -> ValueError:
+    return ValueError(f"found {describe(value)}, expected {expected}")
+
+
+def _plain_string(value: object, expected: str, limit: int) -> str:
+    """Return ``value`` if it is a string without NUL of at most ``limit`` characters."""
+    if not isinstance(value, str):
+        raise _fail(value, expected)
+    if "\0" in value:
+        raise _fail(value, f"{expected} without NUL characters")
+    if len(value) > limit:
+        raise ValueError(f"found a string of {len(value)} characters, expected at most {limit}")
+    return value
+
+
+def _string(limit: int, *, empty_ok: bool = True) -> Callable[[object, Context], str]:
+    def convert(value: object, _context: Context) -> str:
+        text = _plain_string(value, "a string", limit)
+        if not empty_ok and not text.strip():
+            raise _fail(value, "a string that is not empty")
+        return text
+
+    return convert
+
+
+def _pattern(regex: re.Pattern[str], expected: str) -> Callable[[object, Context], str]:
+    def convert(value: object, _context: Context) -> str:
+        text = _plain_string(value, expected, MAX_NAME)
+        if not regex.fullmatch(text):
+            raise _fail(value, expected)
+        return text
+
+    return convert
+
+
+def _relative_path(value: object, _context: Context) -> str:
+    expected = 'a relative path like "run.sh" or "sub/dir"'
+    text = _plain_string(value, expected, MAX_STRING)
+    parts = text.replace("\\", "/").split("/")
+    if not text.strip():
+        raise _fail(value, f"{expected}, not empty")
+    if text.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", text):
+        raise _fail(value, f"{expected}, not an absolute path")
+    if ".." in parts:
+        raise _fail(value, f'{expected} without ".." in it')
+    return text
+
+
+def _local_path(value: object, context: Context) -> Path:
+    text = _plain_string(value, "a path", MAX_STRING)
+    if not text.strip():
+        raise _fail(value, "a path, not empty")
+    path = Path(text).expanduser()
+    if not path.is_absolute() and context.base_dir is not None:
+        path = context.base_dir / path
+    return path
+
+
+def _remote_path(value: object, _context: Context) -> str:
+    text = _plain_string(value, "a path on the server", MAX_STRING)
+    if not text.strip():
+        raise _fail(value, "a path on the server, not empty")
+    return text
+
+
+def _strings(value: object, _context: Context) -> tuple[str, ...]:
+    expected = "an array of strings"
+    if not isinstance(value, list):
+        raise _fail(value, expected)
+    if len(value) > MAX_ITEMS:
+        raise ValueError(f"found an array of {len(value)} items, expected at most {MAX_ITEMS}")
+    for number, item in enumerate(value, start=1):
+        if not isinstance(item, str):
+            raise ValueError(f"found {describe(item)} as item {number}, expected {expected}")
+        try:
+            _plain_string(item, "a string", MAX_STRING)
+        except ValueError as exc:
+            raise ValueError(f"item {number}: {exc}") from None
+    return tuple(value)
+
+
+def _gpu_ids(value: object, context: Context) -> tuple[str, ...]:
+    if isinstance(value, list):
+        value = [
+            str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
+            for v in value
+        ]
+    try:
+        return _strings(value, context)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; GPU ids are strings or whole numbers like 0") from None
+
+
+def _env(value: object, _context: Context) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _fail(value, 'a table of strings like { CUDA_LAUNCH_BLOCKING = "1" }')
+    if len(value) > MAX_ITEMS:
+        raise ValueError(f"found {len(value)} variables, expected at most {MAX_ITEMS}")
+    bad: list[tuple[str, str]] = []
+    for name, item in value.items():
+        if not ENV_NAME_RE.fullmatch(name) or len(name) > MAX_NAME:
+            bad.append(
+                (
+                    name,
+                    "not a valid variable name: expected letters, digits and _, "
+                    "not starting with a digit",
+                )
+            )
+            continue
+        try:
+            _plain_string(item, "a string", MAX_STRING)
+        except ValueError as exc:
+            bad.append((name, str(exc)))
+    if bad:
+        raise BadEntries(bad)
+    return dict(value)
+
+
+def _duration(value: object, _context: Context) -> int:
+    seconds = parse_duration(value)
+    if seconds > MAX_DURATION:
+        raise _fail(value, f"a duration of at most {format_duration(MAX_DURATION)}")
+    return seconds
+
+
+def _seconds(value: object, context: Context) -> float:
+    if isinstance(value, float) and not isinstance(value, bool):
+        if not 0 < value <= MAX_DURATION:  # also refuses nan
+            raise _fail(value, f"a number of seconds above 0 and at most {MAX_DURATION}")
+        return value
+    try:
+        return float(_duration(value, context))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (fractions like 0.5 are fine)") from None
+
+
+def _integer(value: object, _context: Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(value, "a whole number")
+    return value
+
+
+def _mac(value: object, _context: Context) -> str:
+    text = _plain_string(value, 'a MAC address like "aa:bb:cc:dd:ee:ff"', MAX_NAME)
+    if not _MAC_RE.fullmatch(text):
+        raise _fail(value, 'a MAC address like "aa:bb:cc:dd:ee:ff"')
+    return text.replace("-", ":").lower()
+
+
+def choice(*options: str) -> Callable[[object, Context], str]:
+    expected = "one of " + ", ".join(f'"{o}"' for o in options)
+
+    def convert(value: object, _context: Context) -> str:
+        if not isinstance(value, str) or value not in options:
+            hint = did_you_mean(value, options) if isinstance(value, str) else ""
+            raise ValueError(f"found {describe(value)}, expected {expected}{hint}")
+        return value
+
+    return convert
+
+
+def _host_alias(value: object, context: Context) -> str:
+    text = _plain_string(value, "the name of a host", MAX_NAME)
+    names = context.host_names
+    if names is not None and text not in names:
+        known = ", ".join(f'"{n}"' for n in sorted(names))
+        raise ValueError(
+            f"found {describe(value)}, expected one of the agent's hosts: {known}"
+            f"{did_you_mean(text, names)}"
+        )
+    return text
+
+
+def existing_dir(value: Path, _context: Context) -> None:
+    if not value.is_dir():
+        raise ValueError(f'found "{value}", expected an existing folder')
+
+
+def between(low: int, high: int, what: str) -> Callable[[Any, Context], None]:
+    def check(value: int, _context: Context) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"found {value}, expected {what} from {low} to {high}")
+
+    return check
+
+
+STRING = ValueType("string", _string(MAX_STRING))
+NAME = ValueType("string", _string(MAX_NAME))
+TEXT = ValueType("string", _string(MAX_NOTES))
+COMMAND = ValueType("string (a shell line on the server)", _string(MAX_STRING, empty_ok=False))
+RELATIVE_PATH = ValueType("relative path", _relative_path)
+LOCAL_PATH = ValueType("path", _local_path)
+REMOTE_PATH = ValueType("path on the server", _remote_path)
+STRINGS = ValueType("array of strings", _strings)
+GPU_IDS = ValueType("array of GPU ids", _gpu_ids)
+ENV = ValueType("table of strings", _env)
+DURATION = ValueType('duration ("90m", "12h", "1d2h" or seconds)', _duration)
+SECONDS = ValueType("seconds (a number, or a duration)", _seconds)
+INTEGER = ValueType("whole number", _integer)
+MAC = ValueType("MAC address", _mac)
+HOST_ALIAS = ValueType("host name", _host_alias)
+CONDA_ENV = ValueType(
+    "conda environment name",
+    _pattern(CONDA_ENV_RE, "a conda environment name (letters, digits, _ . -)"),
+)
+ADDRESS = ValueType("host name or IP address", _pattern(_ADDRESS_RE, "a host name or IP address"))
+USER = ValueType("user name", _pattern(_USER_RE, "a user name (letters, digits, _ . -)"))
