@@ -61,7 +61,8 @@ def find_requests(share: Path) -> list[Path]:
         except OSError:
             continue
         for entry in entries:
-            if entry.name.endswith(REQUEST_SUFFIX) and not is_junk(entry.name):
+            name = entry.name
+            if name.endswith(REQUEST_SUFFIX) and not name.startswith(".") and not is_junk(name):
                 try:
                     found.append((entry.stat(follow_symlinks=False).st_mtime_ns, Path(entry.path)))
                 except FileNotFoundError:

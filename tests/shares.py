@@ -8,7 +8,6 @@ import stat
 from pathlib import Path
 
 from agent import runinfo
-from agent.service import make_context, serve
 from agent.settings import load_agent_config
 
 
@@ -57,6 +56,8 @@ def drop(project: Path, text: str, name: str = "run.request") -> Path:
 
 def run_once(config_path: Path) -> None:
     """Run ``droprun agent --once`` in this process."""
+    from agent.service import make_context, serve
+
     config = load_agent_config(config_path)
     serve(make_context(config, logging.getLogger("droprun.test")), once=True)
 
