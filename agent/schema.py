@@ -93,7 +93,6 @@ RUN_FIELDS: tuple[Field, ...] = (
         RELATIVE_PATH,
         "run.sh",
         "The script to run, relative to bin/.",
-        example="train.sh",
     ),
     Field(
         "args",
@@ -107,21 +106,18 @@ RUN_FIELDS: tuple[Field, ...] = (
         DURATION,
         "24h",
         'Wall-clock limit of the training: "90m", "12h", "1d2h", or seconds.',
-        example="12h",
     ),
     Field(
         "backup_every",
         DURATION,
         "10m",
         "How often output_dir is mirrored back to the share while the run goes on.",
-        example="30m",
     ),
     Field(
         "output_dir",
         RELATIVE_PATH,
         "output",
         "Where the script writes its results, relative to its run folder.",
-        example="checkpoints",
     ),
     Field(
         "conda_env",
@@ -149,7 +145,6 @@ RUN_FIELDS: tuple[Field, ...] = (
         STRINGS,
         [".git/", "__pycache__/", "*.pyc"],
         "rsync-style patterns left out of the upload and the archive.",
-        example=[".git/", "data/"],
     ),
 )
 
