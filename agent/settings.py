@@ -129,7 +129,8 @@ def _check_table(
         path = (*prefix, name)
         spec = by_name.get(name)
         if spec is None:
-            hint = _misplaced(name, where) or f"unknown key{did_you_mean(name, by_name)}"
+            unknown = "unknown table" if isinstance(value, dict) else "unknown key"
+            hint = _misplaced(name, where) or f"{unknown}{did_you_mean(name, by_name)}"
             problems.append(source.problem(path, hint))
             continue
         try:
@@ -140,7 +141,11 @@ def _check_table(
             problems.append(source.problem(path, str(exc)))
     for spec in fields:
         if spec.required and spec.name not in data:
-            problems.append(source.problem((*prefix, spec.name), f"missing: {spec.doc}", prefix))
+            problems.append(
+                source.problem(
+                    (*prefix, spec.name), f"missing; this key is required. {spec.doc}", prefix
+                )
+            )
     return values, problems
 
 
@@ -306,6 +311,19 @@ def merge(
     return Effective(
         RunSettings(**values), MappingProxyType(sources), request.get("name"), request.get("notes")
     )
+
+
+def settings_from_table(table: Mapping[str, Any], filename: str = "run.info") -> RunSettings:
+    """Return the run settings that :meth:`Effective.to_table` wrote (``sources`` is ignored).
+
+    Raises InvalidFile if ``table`` is not a valid set of run settings.
+    """
+    data = {key: value for key, value in table.items() if key != "sources"}
+    source = _Source(filename, KeyLines())
+    values, problems = _check_table(data, RUN_FIELDS, ("effective",), Context(), source, "project")
+    if problems:
+        raise InvalidFile(problems)
+    return merge({}, {}, values).settings
 
 
 def _kind_of(path: Path) -> str | None:

@@ -263,6 +263,15 @@ class Parsed:
     problems: tuple[Problem, ...] = ()
 
 
+def _plain_parse_message(message: str) -> str:
+    """Return tomlkit's parse error message in plainer words for the common cases."""
+    if "use \\u000a instead" in message:
+        return "a string is not closed: its closing quote is missing on this line"
+    if message == "Unexpected character: '\\n'":
+        return "unexpected end of the line (is a value missing?)"
+    return message[0].lower() + message[1:] if message else "cannot be parsed"
+
+
 def parse_text(text: str, filename: str) -> Parsed:
     """Parse TOML ``text`` into plain Python data and the lines of its keys.
 
@@ -288,7 +297,7 @@ def parse_text(text: str, filename: str) -> Parsed:
             return Parsed(None, lines, problems)
         line = exc.line if isinstance(exc, ParseError) else None
         column = f" (column {exc.col + 1})" if isinstance(exc, ParseError) else ""
-        message = message[0].lower() + message[1:] if message else "cannot be parsed"
+        message = _plain_parse_message(message)
         problem = Problem(filename, line, None, f"not valid TOML: {message}{column}")
         return Parsed(None, lines, (problem,))
     return Parsed(data, lines)
