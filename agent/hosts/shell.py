@@ -1,0 +1,304 @@
+"""ShellHost: the whole :class:`agent.hosts.base.Host` interface on top of a Transport.
+
+Every remote action is one call of the inline POSIX helper (``helper.sh``) or one rsync
+run, so the local host and the ssh host share all run logic. Layout (DESIGN.md §4):
+``<remote_root>/<project>/cache/`` and ``<remote_root>/<project>/run_N/``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import os
+import posixpath
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import HostConfig
+from agent.hosts.base import HostError, HostKeyError, LaunchSpec, MirrorResult, ProcStatus, RunRef
+from agent.launcher import make_launcher
+from agent.sync import make_pull_argv, make_upload_argv, run_rsync
+from agent.transport import CommandResult, Transport
+
+STAGING_NAME = ".droprun-staging"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One entry of the helper's ``list``: type (``f`` or ``l``), size, mtime as printed."""
+
+    kind: str
+    size: int
+    mtime: str
+
+    @property
+    def mtime_s(self) -> int:
+        """Whole seconds of the mtime."""
+        return int(self.mtime.split(".", 1)[0])
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The helper's view of an output dir: host time, whether the run is alive, files."""
+
+    now: float
+    alive: bool
+    files: dict[str, RemoteFile]
+
+
+def parse_listing(out: bytes) -> Listing:
+    """Parse ``list`` output: ``NOW ALIVE\\n`` then ``TYPE\\0PATH\\0SIZE\\0MTIME\\0``... (pure)."""
+    head, _, body = out.partition(b"\n")
+    now, alive = head.decode().split()
+    fields = body.split(b"\0")
+    files = {}
+    for i in range(0, len(fields) - 3, 4):
+        kind, path, size, mtime = (f.decode("utf-8", "surrogateescape") for f in fields[i : i + 4])
+        files[path] = RemoteFile(kind, int(size), mtime)
+    return Listing(float(now), alive == "1", files)
+
+
+def parse_status(out: bytes) -> ProcStatus:
+    """Parse ``status`` output ``STATE PID EXIT`` (``-`` for unknown) (pure)."""
+    state, pid, code = out.decode().split()
+    return ProcStatus(
+        state=state,  # type: ignore[arg-type]
+        pid=None if pid == "-" else int(pid),
+        exit_code=None if code == "-" else int(code),
+    )
+
+
+class ShellHost:
+    """A :class:`agent.hosts.base.Host` that runs everything through ``transport``.
+
+    ``quiet`` is how long (s) a file of a running job must have been left alone before a
+    mirror publishes it: a stable listing alone cannot tell a writer that pauses
+    between chunks from a finished file.
+    """
+
+    def __init__(
+        self,
+        config: HostConfig,
+        transport: Transport,
+        *,
+        rsync_timeout: float = 6 * 3600.0,
+        command_timeout: float = 60.0,
+        quiet: float = 5.0,
+    ) -> None:
+        self.name = config.name
+        self.slots = config.slots
+        self.config = config
+        self.transport = transport
+        self.rsync_timeout = rsync_timeout
+        self.command_timeout = command_timeout
+        self.quiet = quiet
+        self._helper_text = (
+            importlib.resources.files("agent.hosts").joinpath("helper.sh").read_text()
+        )
+        self._root: str | None = None
+
+    # -- paths -------------------------------------------------------------------------
+
+    def _remote_root(self) -> str:
+        if self._root is None:
+            root = self.config.remote_root
+            if root == "~" or root.startswith("~/"):
+                root = self.transport.home().rstrip("/") + root[1:]
+            self._root = posixpath.normpath(root)
+        return self._root
+
+    def cache_dir(self, project: str) -> str:
+        """Return the project's persistent upload cache on the host."""
+        return posixpath.join(self._remote_root(), project, "cache")
+
+    def remote_dir(self, ref: RunRef) -> str:
+        """Return the run directory on the host."""
+        return posixpath.join(self._remote_root(), ref.project, f"run_{ref.run}")
+
+    # -- the helper ----------------------------------------------------------------------
+
+    def _helper(
+        self, verb: str, *args: str, stdin: bytes | None = None, timeout: float | None = None
+    ) -> CommandResult:
+        """Run one helper verb; return its result, raise HostError if it failed."""
+        argv = ["sh", "-c", self._helper_text, "droprun-helper", verb, *args]
+        result = self.transport.run(argv, stdin=stdin, timeout=timeout or self.command_timeout)
+        if result.exit_code != 0:
+            err = result.stderr.decode(errors="replace").strip()
+            raise HostError(
+                f"{self.name}: {verb} failed (exit {result.exit_code}): {err}",
+                transient=result.exit_code == 255,
+            )
+        return result
+
+    # -- reachability and power ------------------------------------------------------------
+
+    def reachable(self) -> bool:
+        """Return True if the host runs a trivial command now."""
+        try:
+            return self.transport.run(["true"], timeout=15.0).exit_code == 0
+        except HostKeyError:
+            raise  # not "unreachable": a wrong host key must be said loudly
+        except HostError:
+            return False
+
+    def wake(self) -> None:
+        """Send a Wake-on-LAN packet if the host has ``wake_mac``; otherwise do nothing."""
+        if not self.config.wake_mac:
+            return
+        from agent.wol import send_magic_packet
+
+        try:
+            send_magic_packet(
+                self.config.wake_mac, self.config.wake_broadcast, self.config.wake_port
+            )
+        except OSError as exc:
+            raise HostError(f"{self.name}: cannot send Wake-on-LAN: {exc}", transient=True) from exc
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll with backoff until the host answers; raise HostError after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        delay = 0.5
+        while not self.reachable():
+            if time.monotonic() >= deadline:
+                raise HostError(f"{self.name}: no answer within {timeout:g} s", transient=True)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 10.0)
+
+    def run_starting(self) -> None:
+        """Cancel a pending power-off (only for hosts that power off when idle)."""
+        if self.config.shutdown_after is not None:
+            self._helper("power", self.config.cancel_shutdown_command)
+
+    def idle_for(self, seconds: float) -> None:
+        """Power the host off once it has been idle for ``shutdown_after`` seconds."""
+        after = self.config.shutdown_after
+        if after is not None and seconds >= after:
+            self._helper("power", self.config.shutdown_command)
+
+    # -- a run ---------------------------------------------------------------------------
+
+    def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> int:
+        """rsync ``bin_dir`` into the cache, make the run dir from it; return bytes sent."""
+        cache = self.cache_dir(ref.project)
+        self._helper("mkdir", posixpath.dirname(cache))
+        argv = make_upload_argv(
+            str(bin_dir),
+            self.transport.rsync_target(cache),
+            exclude,
+            self.transport.rsync_shell(),
+        )
+        stats = run_rsync(argv, timeout=self.rsync_timeout)
+        self._helper("prepare", cache, self.remote_dir(ref))
+        return stats.bytes_sent
+
+    def launch(self, ref: RunRef, spec: LaunchSpec) -> int:
+        """Write the launcher into the run dir and start it once; return its pid."""
+        run_dir = self.remote_dir(ref)
+        script = make_launcher(spec, self.config.conda_sh).encode()
+        self._helper("write", posixpath.join(run_dir, ".droprun", "launch.sh"), stdin=script)
+        return int(self._helper("launch", run_dir).stdout.decode().strip())
+
+    def status(self, ref: RunRef) -> ProcStatus:
+        """Return the state of the run's process group."""
+        return parse_status(self._helper("status", self.remote_dir(ref)).stdout)
+
+    def read_log(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> bytes:
+        """Return up to ``limit`` bytes of the run's log from byte ``offset``."""
+        return self._helper("log", self.remote_dir(ref), str(offset), str(limit)).stdout
+
+    def kill(self, ref: RunRef, grace: float) -> None:
+        """TERM the run's process group, KILL it after ``grace`` s; return when it is gone."""
+        seconds = max(0, math.ceil(grace))
+        self._helper("kill", self.remote_dir(ref), str(seconds), timeout=seconds + 30.0)
+
+    def cleanup(self, ref: RunRef) -> None:
+        """Remove the run dir on the host; the project cache stays."""
+        self._helper("cleanup", self.remote_dir(ref), timeout=600.0)
+
+    def close(self) -> None:
+        """Release the transport's connections."""
+        self.transport.close()
+
+    # -- mirroring -----------------------------------------------------------------------
+
+    def _list(self, ref: RunRef, output_dir: str) -> Listing:
+        out_dir = posixpath.join(self.remote_dir(ref), output_dir)
+        return parse_listing(self._helper("list", self.remote_dir(ref), out_dir).stdout)
+
+    def mirror(self, ref: RunRef, output_dir: str, dest: Path) -> MirrorResult:
+        """Mirror the run's ``output_dir`` into ``dest``: publish only complete files.
+
+        rsync fills a hidden staging dir next to ``dest``; a file is published (hard link
+        + rename, so never half-written) when its listing did not change during the
+        transfer, its staged copy matches, and, while the job runs, it has been left
+        alone for ``quiet`` s. Nothing in ``dest`` is ever deleted.
+        """
+        before = self._list(ref, output_dir)
+        if not before.files:
+            return MirrorResult(0, 0, 0)
+        staging = dest.parent / STAGING_NAME
+        staging.mkdir(parents=True, exist_ok=True)
+        src = posixpath.join(self.remote_dir(ref), output_dir)
+        argv = make_pull_argv(
+            self.transport.rsync_target(src), str(staging), self.transport.rsync_shell()
+        )
+        stats = run_rsync(argv, timeout=self.rsync_timeout, ok_codes=(0, 24))
+        after = self._list(ref, output_dir)
+        published = pending = 0
+        for path, remote in sorted(after.files.items()):
+            settled = not after.alive or after.now - float(remote.mtime) >= self.quiet
+            stable = before.files.get(path) == remote and settled
+            if not stable or not _staged_matches(staging / path, remote):
+                pending += 1
+            elif _publish(staging / path, dest / path):
+                published += 1
+        return MirrorResult(stats.bytes_received, published, pending)
+
+
+def _staged_matches(staged: Path, remote: RemoteFile) -> bool:
+    """Return True if the staged copy has the remote file's type, size and mtime."""
+    try:
+        st = staged.lstat()
+    except FileNotFoundError:
+        return False
+    if remote.kind == "l":
+        return stat.S_ISLNK(st.st_mode)
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == remote.size
+        and (int(st.st_mtime) == remote.mtime_s)
+    )
+
+
+def _publish(staged: Path, final: Path) -> bool:
+    """Make ``staged`` visible as ``final`` atomically; return False if it already was.
+
+    Raises HostError if ``final`` cannot be replaced (e.g. a directory is in the way).
+    """
+    staged_st = staged.lstat()
+    try:
+        final_st = final.lstat()
+        if (final_st.st_dev, final_st.st_ino) == (staged_st.st_dev, staged_st.st_ino):
+            return False
+        both_links = stat.S_ISLNK(staged_st.st_mode) and stat.S_ISLNK(final_st.st_mode)
+        if both_links and os.readlink(final) == os.readlink(staged):
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = final.parent / f".{final.name}.droprun-tmp"
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        if stat.S_ISLNK(staged_st.st_mode):
+            os.symlink(os.readlink(staged), tmp)
+        else:
+            os.link(staged, tmp)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise HostError(f"cannot publish {final}: {exc}") from exc
+    return True
