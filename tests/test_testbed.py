@@ -8,7 +8,15 @@ import threading
 import time
 from pathlib import Path
 
-from testbed import NetnsHost, SmbServer, SshServer, keygen
+from testbed import (
+    NetnsHost,
+    SmbServer,
+    SshServer,
+    TestUser,
+    is_running,
+    keygen,
+    running_sshd,
+)
 
 
 def ssh(
@@ -130,3 +138,17 @@ def test_netns_sshd_answers_and_cut_breaks_connections(netns_host: NetnsHost) ->
     while (result := ssh(server, "echo ok")).returncode != 0 and time.monotonic() < deadline:
         time.sleep(0.2)  # the first connect after restoring may fail once
     assert result.stdout == "ok\n", result.stderr
+
+
+def test_sshd_teardown_stops_jobs_left_running_in_base(test_user: TestUser) -> None:
+    with running_sshd(test_user, "127.0.0.1") as server:
+        base = server.base
+        result = ssh(
+            server,
+            f"cd {base} && {{ setsid nohup sleep 300 >/dev/null 2>&1 </dev/null & }}; echo $!",
+        )
+        assert result.returncode == 0, result.stderr
+        pid = int(result.stdout)
+        assert is_running(pid)
+    assert not is_running(pid)
+    assert not base.exists()

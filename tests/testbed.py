@@ -178,6 +178,49 @@ def process_name(pid: int) -> str | None:
         return None
 
 
+def kill_sshd_sessions(listener: int) -> int:
+    """SIGKILL the per-connection sshd processes below ``listener``; return how many."""
+    victims = [p for p in descendants(listener) if process_name(p) == "sshd"]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):  # exited on its own meanwhile
+            os.kill(pid, signal.SIGKILL)
+    return len(victims)
+
+
+def kill_left_running(uid: int, base: Path) -> list[int]:
+    """SIGKILL processes of ``uid`` whose working directory is inside ``base``; return pids.
+
+    Detached jobs that a test launched and did not stop would otherwise outlive the test
+    and keep writing into a directory that teardown removes.
+    """
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid or not Path(os.readlink(entry / "cwd")).is_relative_to(
+                base
+            ):
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+        killed.append(int(entry.name))
+    deadline = time.monotonic() + START_DEADLINE
+    while any(is_running(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return killed
+
+
+def is_running(pid: int) -> bool:
+    """Return True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 @dataclass(frozen=True)
 class SshServer:
     """A running sshd and everything a client needs to log in to it.
@@ -249,11 +292,7 @@ class SshServer:
         Commands the sessions run are left alone; only processes named ``sshd`` die, so every
         open connection drops as if the server side had gone away.
         """
-        victims = [p for p in descendants(self.pid) if process_name(p) == "sshd"]
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):  # exited on its own meanwhile
-                os.kill(pid, signal.SIGKILL)
-        return len(victims)
+        return kill_sshd_sessions(self.pid)
 
     def write_known_hosts(self, path: Path, public_key: str | None = None) -> Path:
         """Write a known_hosts file at ``path`` naming this server with ``public_key``.
@@ -335,7 +374,10 @@ def running_sshd(
         )
     finally:
         if proc is not None:
+            # Sessions outlive the listener; an ssh ControlPersist master would keep one open.
+            kill_sshd_sessions(proc.pid)
             stop_process(proc)
+        kill_left_running(user.uid, base)
         remove_tree(base)
         remove_tree(tmp)
 
