@@ -28,6 +28,8 @@ from agent.tomlsrc import KeyLines, KeyPath, Parsed, describe, key_name, parse_b
 from agent.valuetypes import DURATION, HOST_NAME_RE, MAX_NAME, BadEntries, Context, did_you_mean
 
 MAX_REQUEST_BYTES = 64 * 1024
+# A hostile file must not turn into an error report many times its size.
+MAX_PROBLEMS = 100
 LOCAL_HOST = "local"
 _SSH_ONLY = ("address", "user", "port", "key", "known_hosts")
 _RUN_NAMES = frozenset(f.name for f in RUN_FIELDS)
@@ -150,7 +152,13 @@ def _check_table(
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
-    return sorted(problems, key=lambda p: p.line or 0)
+    """Return ``problems`` in line order, at most MAX_PROBLEMS of them and a last "and N more"."""
+    problems = sorted(problems, key=lambda p: p.line or 0)
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    rest = len(problems) - MAX_PROBLEMS
+    more = Problem(problems[0].file, None, None, f"and {rest} more problems not shown")
+    return [*problems[:MAX_PROBLEMS], more]
 
 
 def _layer(
@@ -225,6 +233,10 @@ def _host(
             for key in _SSH_ONLY
             if key in values
         ]
+    gpus, slots = values.get("gpus", ()), values.get("slots", 1)
+    if 0 < len(gpus) < slots:
+        message = f"found {len(gpus)} GPU ids for {slots} slots, expected one for each slot"
+        problems.append(source.problem((*path, "gpus"), message))
     if problems:
         return None, problems
     defaults = {s.name: s.convert(s.default, base) for s in HOST_FIELDS if s.default is not None}

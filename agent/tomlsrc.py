@@ -27,6 +27,9 @@ _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.DOTALL)
 _SIMPLE_ESCAPES = MappingProxyType(
     {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\", "e": "\x1b"}
 )
+# No droprun key is nested deeper than 3 (defaults.env.NAME). Refusing deeper keys before
+# tomlkit sees them keeps hostile input cheap: tomlkit spends seconds on 64 KiB of deep tables.
+MAX_KEY_PARTS = 10
 _TOMLKIT_WHERE = re.compile(r"\s+at line \d+ col \d+$")
 
 
@@ -71,6 +74,7 @@ class KeyLines:
 
     lines: Mapping[KeyPath, int] = field(default_factory=dict)
     duplicates: tuple[Duplicate, ...] = ()
+    too_deep: int | None = None  # first line with a key of more than MAX_KEY_PARTS parts
 
     def line_of(self, path: Sequence[str]) -> int | None:
         """Return the line of ``path``, else of its nearest enclosing key, else None."""
@@ -93,6 +97,7 @@ class _Scanner:
         self.explicit: dict[KeyPath, int] = {}
         self.duplicates: list[Duplicate] = []
         self.array_counts: dict[KeyPath, int] = {}
+        self.too_deep: int | None = None
 
     def _advance(self, count: int = 1) -> None:
         end = min(self.pos + count, len(self.text))
@@ -150,6 +155,9 @@ class _Scanner:
                 part = match.group()
                 self.pos = match.end()
             parts.append(part)
+            if len(parts) > MAX_KEY_PARTS:
+                self.too_deep = self.too_deep or self.line
+                return None
             self._skip_blanks()
             if not self.text.startswith(".", self.pos):
                 return parts
@@ -179,6 +187,9 @@ class _Scanner:
                 self._advance()
 
     def _define(self, path: KeyPath, line: int, *, header: bool) -> None:
+        if len(path) > MAX_KEY_PARTS:
+            self.too_deep = self.too_deep or line
+            return
         for i in range(1, len(path)):
             self.first.setdefault(path[:i], line)
         clash = self.explicit.get(path)
@@ -213,7 +224,8 @@ class _Scanner:
                 self._advance()
                 self._define(table + tuple(key), line, header=False)
                 self._skip_value()
-        return KeyLines(MappingProxyType(dict(self.first)), tuple(self.duplicates))
+        first = MappingProxyType(dict(self.first))
+        return KeyLines(first, tuple(self.duplicates), self.too_deep)
 
     def _header(self, line: int) -> KeyPath | None:
         """Read a ``[table]`` or ``[[array]]`` header; return the path its keys go under."""
@@ -269,7 +281,9 @@ def _plain_parse_message(message: str) -> str:
         return "a string is not closed: its closing quote is missing on this line"
     if message == "Unexpected character: '\\n'":
         return "unexpected end of the line (is a value missing?)"
-    return message[0].lower() + message[1:] if message else "cannot be parsed"
+    if message[:2].istitle():
+        return message[0].lower() + message[1:]
+    return message or "cannot be parsed"
 
 
 def parse_text(text: str, filename: str) -> Parsed:
@@ -280,8 +294,14 @@ def parse_text(text: str, filename: str) -> Parsed:
     """
     text = text.removeprefix("\ufeff")
     lines = scan_keys(text)
+    if lines.too_deep is not None:
+        message = f"keys are nested more than {MAX_KEY_PARTS} levels deep"
+        return Parsed(None, lines, (Problem(filename, lines.too_deep, None, message),))
     try:
         data = tomlkit.parse(text).unwrap()
+    except RecursionError:
+        problem = Problem(filename, None, None, "not valid TOML: values are nested too deeply")
+        return Parsed(None, lines, (problem,))
     except TOMLKitError as exc:
         message = _TOMLKIT_WHERE.sub("", str(exc))
         if "already exists" in message and lines.duplicates:

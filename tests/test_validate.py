@@ -6,9 +6,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.problems import InvalidFile, Problem
 from agent.settings import (
+    MAX_PROBLEMS,
     MAX_REQUEST_BYTES,
     load_agent_config,
     parse_request,
@@ -210,3 +213,30 @@ def test_validate_paths_uses_the_given_config_for_hosts(tmp_path):
     assert problem.key == "host"
     assert validate_paths([request], None) == []
     assert validate_paths([agent, request], None)[0].key == "host"
+
+
+def test_deep_keys_are_refused_before_parsing():
+    [problem] = request_problems("x = 1\n" + "a." * 20 + "b = 1\n")
+    assert (problem.line, problem.message) == (2, "keys are nested more than 10 levels deep")
+
+
+def test_a_flood_of_problems_is_cut_short():
+    problems = request_problems("".join(f"k{i} = 1\n" for i in range(500)))
+    assert len(problems) == MAX_PROBLEMS + 1
+    assert problems[-1].message == f"and {500 - MAX_PROBLEMS} more problems not shown"
+
+
+TOMLISH = st.text(alphabet="ab.=[]{}\"'\n #,\\1tu:-_ ", max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(TOMLISH, st.binary(max_size=80).map(lambda b: b.decode("latin-1"))))
+def test_any_text_gives_a_layer_or_invalid_file(text):
+    scan_keys(text)
+    try:
+        layer = parse_request(text.encode("utf-8", "surrogatepass"), "run.request", HOSTS)
+    except InvalidFile as exc:
+        assert exc.problems
+        assert all(p.file == "run.request" and p.message for p in exc.problems)
+    else:
+        assert isinstance(layer, dict)
