@@ -339,12 +339,16 @@ def settings_from_table(table: Mapping[str, Any], filename: str = "run.info") ->
 
 
 def _kind_of(path: Path) -> str | None:
-    """Return "request", "project" or "agent" by the file's name, or None."""
-    if path.name.endswith(".request"):
+    """Return "request", "project" or "agent" by the file's name, or None.
+
+    A ``.template`` or ``.example`` suffix is ignored (``droprun init`` writes such files).
+    """
+    name = path.name.removesuffix(".template").removesuffix(".example")
+    if name.endswith(".request"):
         return "request"
-    if path.name == "project.toml":
+    if name == "project.toml":
         return "project"
-    return "agent" if path.suffix == ".toml" else None
+    return "agent" if name.endswith(".toml") else None
 
 
 def validate_paths(paths: Sequence[Path], config: AgentConfig | None) -> list[Problem]:

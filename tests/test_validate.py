@@ -189,8 +189,9 @@ def test_validate_paths_on_a_mix_of_files(tmp_path):
     bad_host = write(tmp_path / "share/p/other.request", 'host = "gpu2"\n')
     project = write(tmp_path / "share/p/project.toml", 'name = "x"\n')
     other = write(tmp_path / "notes.txt", "hello\n")
+    template = write(tmp_path / "run.request.template", "timeout = 0\n")
     missing = tmp_path / "gone.request"
-    problems = validate_paths([good, bad_host, agent, project, other, missing], None)
+    problems = validate_paths([good, bad_host, agent, project, other, missing, template], None)
     by_file = {(Path(p.file).name, p.line, p.key) for p in problems}
     assert by_file == {
         ("other.request", 1, "host"),
@@ -199,6 +200,7 @@ def test_validate_paths_on_a_mix_of_files(tmp_path):
         ("project.toml", 1, "name"),
         ("notes.txt", None, None),
         ("gone.request", None, None),
+        ("run.request.template", 1, "timeout"),
     }
     # The agent file's hosts are known even though it has problems: gpu1 is fine.
     assert not any(Path(p.file).name == "run.request" for p in problems)
