@@ -1,5 +1,8 @@
-"""Shared fixtures: real sshd, smbd and network-namespace servers (see tests/testbed.py)."""
+"""Shared fixtures: real sshd, smbd and network-namespace servers (see tests/testbed*.py)."""
 
-from testbed import netns_host, smbd_server, sshd_server, test_user
+from testbed_netns import netns_host
+from testbed_smb import smbd_server
+
+from testbed import sshd_server, test_user
 
 __all__ = ["netns_host", "smbd_server", "sshd_server", "test_user"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testbed_netns import NetnsHost
 
 from agent.config import HostConfig
 from agent.hosts.base import HostError, HostKeyError
@@ -26,7 +27,7 @@ from agent.hosts.ssh import (
     make_ssh_argv,
 )
 
-from testbed import NetnsHost, SshServer, keygen, require_tool
+from testbed import SshServer, keygen, require_tool
 
 
 @pytest.fixture

@@ -8,15 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-from testbed import (
-    NetnsHost,
-    SmbServer,
-    SshServer,
-    TestUser,
-    is_running,
-    keygen,
-    running_sshd,
-)
+from testbed_netns import NetnsHost
+from testbed_smb import SmbServer
+
+from testbed import SshServer, TestUser, is_running, keygen, running_sshd
 
 
 def ssh(

@@ -1,4 +1,4 @@
-"""Real servers for tests: OpenSSH sshd, Samba smbd, and sshd inside a network namespace.
+"""Real servers for tests: OpenSSH sshd here, smbd in testbed_smb, netns in testbed_netns.
 
 Everything here follows /work/shared/TESTBED.md. Each server is a plain foreground process
 started by a fixture and stopped by its pid. A missing tool fails the test with the install
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import ipaddress
 import os
 import pwd
 import secrets
@@ -261,25 +260,18 @@ class SshServer:
 
     def ssh_argv(self) -> list[str]:
         """Return the system ssh client argv (without destination) for this server."""
-        return [
-            require_tool("ssh"),
-            "-p",
-            str(self.port),
-            "-i",
-            str(self.key),
-            "-o",
+        options = [
             "BatchMode=yes",
-            "-o",
             "IdentitiesOnly=yes",
-            "-o",
             "StrictHostKeyChecking=yes",
-            "-o",
             f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
             "GlobalKnownHostsFile=/dev/null",
-            "-o",
             "ConnectTimeout=5",
         ]
+        argv = [require_tool("ssh"), "-p", str(self.port), "-i", str(self.key)]
+        for option in options:
+            argv += ["-o", option]
+        return argv
 
     @property
     def destination(self) -> str:
@@ -403,222 +395,3 @@ def sshd_server(test_user: TestUser) -> Iterator[SshServer]:
     """A real sshd on 127.0.0.1 and a free port, with its own host key, user key, known_hosts."""
     with running_sshd(test_user, "127.0.0.1") as server:
         yield server
-
-
-SMB_CONFIG = """\
-[global]
-interfaces = 127.0.0.1
-bind interfaces only = yes
-smb ports = {port}
-disable netbios = yes
-server role = standalone server
-map archive = no
-load printers = no
-printcap name = /dev/null
-disable spoolss = yes
-private dir = {tmp}/private
-lock directory = {tmp}/lock
-state directory = {tmp}/state
-cache directory = {tmp}/cache
-pid directory = {tmp}/pid
-ncalrpc dir = {tmp}/ncalrpc
-log file = {tmp}/log.smbd
-
-[share]
-path = {share}
-read only = no
-valid users = {user}
-"""
-
-
-@dataclass(frozen=True)
-class SmbServer:
-    """A running smbd serving ``share`` as ``//127.0.0.1/share`` on ``port``."""
-
-    port: int
-    user: str
-    password: str
-    share: Path
-    tmp: Path
-    pid: int
-
-    def smbclient(self, command: str, stdin: bytes | None = None) -> str:
-        """Run one smbclient command line (``-c``) against the share; fail on non-zero exit."""
-        return run_checked(
-            [
-                require_tool("smbclient"),
-                "//127.0.0.1/share",
-                "-p",
-                str(self.port),
-                "-U",
-                f"{self.user}%{self.password}",
-                "-c",
-                command,
-            ],
-            stdin=stdin,
-        )
-
-    def put(self, local_path: Path, remote_name: str) -> None:
-        """Upload ``local_path`` as ``remote_name`` (``dir/name`` allowed; dirs must exist)."""
-        self.smbclient(f'put "{local_path}" "{_smb_name(remote_name)}"')
-
-    def mkdir(self, remote_name: str) -> None:
-        """Create the directory ``remote_name`` on the share."""
-        self.smbclient(f'mkdir "{_smb_name(remote_name)}"')
-
-    def put_slowly(
-        self, local_path: Path, remote_name: str, chunk: int = 1 << 20, pause: float = 0.5
-    ) -> None:
-        """Upload ``local_path`` fed in ``chunk``-byte pieces with ``pause`` s between them.
-
-        The remote file exists (empty or partial) well before it is complete, as when a slow
-        client writes over SMB. smbclient may hold back up to its own buffer size, so a file
-        smaller than that shows as empty until the end. Blocks until the upload is done.
-        """
-        argv = [
-            require_tool("smbclient"),
-            "//127.0.0.1/share",
-            "-p",
-            str(self.port),
-            "-U",
-            f"{self.user}%{self.password}",
-            "-c",
-            f'put /dev/stdin "{_smb_name(remote_name)}"',
-        ]
-        data = local_path.read_bytes()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        for start in range(0, len(data), chunk):
-            if start:
-                time.sleep(pause)
-            proc.stdin.write(data[start : start + chunk])
-            proc.stdin.flush()
-        proc.stdin.close()
-        output = proc.stdout.read().decode(errors="replace")
-        if proc.wait(timeout=60) != 0:
-            pytest.fail(f"smbclient put_slowly exited with {proc.returncode}: {output}")
-
-
-def _smb_name(remote_name: str) -> str:
-    """Return ``remote_name`` with backslashes, as smbclient expects; reject quotes."""
-    if '"' in remote_name:
-        raise ValueError(f"smbclient cannot quote {remote_name!r}")
-    return remote_name.replace("/", "\\")
-
-
-@pytest.fixture
-def smbd_server(test_user: TestUser) -> Iterator[SmbServer]:
-    """A real smbd on 127.0.0.1 and a free port, serving a fresh share dir as the test user.
-
-    Files uploaded through it are owned by the test user; the share dir is ``server.share``.
-    """
-    smbd, smbpasswd = require_tool("smbd"), require_tool("smbpasswd")
-    require_tool("smbclient")
-    tmp = make_tempdir("drt-smbd-")
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
-            (tmp / sub).mkdir()
-        share = tmp / "share"
-        share.mkdir(mode=0o755)
-        os.chown(share, test_user.uid, test_user.gid)
-        log = tmp / "smbd.out"
-        for _ in range(5):  # a picked free port can be taken before smbd binds it
-            port = free_port()
-            conf = tmp / "smb.conf"
-            conf.write_text(SMB_CONFIG.format(port=port, tmp=tmp, share=share, user=test_user.name))
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [smbd, "-F", "--no-process-group", "--debug-stdout", "-d1", "-s", str(conf)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=out,
-                    # smbd TERMs its whole process group on exit: keep it out of ours.
-                    start_new_session=True,
-                )
-            try:
-                wait_listening(proc, "127.0.0.1", port, log, "smbd")
-                break
-            except pytest.fail.Exception:
-                if b"Address already in use" not in log.read_bytes():
-                    raise
-        assert proc is not None
-        pw = f"{SMB_PASSWORD}\n{SMB_PASSWORD}\n".encode()
-        run_checked([smbpasswd, "-c", str(conf), "-s", "-a", test_user.name], stdin=pw)
-        yield SmbServer(port, test_user.name, SMB_PASSWORD, share, tmp, proc.pid)
-    finally:
-        if proc is not None:
-            stop_process(proc)
-        remove_tree(tmp)
-
-
-@dataclass(frozen=True)
-class NetnsHost:
-    """A network namespace reachable over a veth pair, with an sshd listening inside it.
-
-    ``cut()`` takes the host side of the link down (packets vanish, as with a pulled cable);
-    ``restore()`` brings it back.
-    """
-
-    netns: str
-    veth_host: str
-    veth_ns: str
-    host_address: str
-    address: str
-    ssh: SshServer
-
-    def cut(self) -> None:
-        """Take the link down: connections hang and new ones fail."""
-        run_checked([require_tool("ip"), "link", "set", self.veth_host, "down"])
-
-    def restore(self) -> None:
-        """Bring the link back up and re-add the address route that ``down`` removed."""
-        run_checked([require_tool("ip"), "link", "set", self.veth_host, "up"])
-
-    def host_config(self, name: str = "nshost", **overrides: Any) -> HostConfig:
-        """Return an ssh ``HostConfig`` for the sshd inside the namespace."""
-        return self.ssh.host_config(name, **overrides)
-
-
-def pick_subnet() -> ipaddress.IPv4Network:
-    """Return a random 10.2xx.y.0/24 that no interface on this machine uses yet."""
-    used = run_checked([require_tool("ip"), "-o", "-4", "addr"]) + run_checked(
-        [require_tool("ip"), "-4", "route"]
-    )
-    for _ in range(100):
-        second, third = 210 + secrets.randbelow(40), secrets.randbelow(256)
-        if f"10.{second}.{third}." not in used:
-            return ipaddress.IPv4Network(f"10.{second}.{third}.0/24")
-    pytest.fail("no free 10.2xx.y.0/24 subnet for a test namespace")
-
-
-@pytest.fixture
-def netns_host(test_user: TestUser) -> Iterator[NetnsHost]:
-    """A fresh netns + veth pair on a fresh /24, with sshd on port 22 inside; all torn down."""
-    ip = require_tool("ip")
-    tag = secrets.token_hex(3)
-    netns, veth_h, veth_n = f"drt-{tag}", f"drh-{tag}", f"drn-{tag}"
-    net = pick_subnet()
-    host_addr, ns_addr = str(net.network_address + 1), str(net.network_address + 2)
-    created_ns = created_veth = False
-    try:
-        run_checked([ip, "netns", "add", netns])
-        created_ns = True
-        run_checked([ip, "link", "add", veth_h, "type", "veth", "peer", "name", veth_n])
-        created_veth = True
-        run_checked([ip, "link", "set", veth_n, "netns", netns])
-        run_checked([ip, "addr", "add", f"{host_addr}/24", "dev", veth_h])
-        run_checked([ip, "link", "set", veth_h, "up"])
-        inside = [ip, "netns", "exec", netns, ip]
-        run_checked([*inside, "addr", "add", f"{ns_addr}/24", "dev", veth_n])
-        run_checked([*inside, "link", "set", veth_n, "up"])
-        run_checked([*inside, "link", "set", "lo", "up"])
-        with running_sshd(test_user, ns_addr, port=22, netns=netns) as server:
-            yield NetnsHost(netns, veth_h, veth_n, host_addr, ns_addr, server)
-    finally:
-        if created_ns:
-            run_checked([ip, "netns", "del", netns])
-        if created_veth and Path(f"/sys/class/net/{veth_h}").exists():
-            run_checked([ip, "link", "del", veth_h])
