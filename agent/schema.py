@@ -12,7 +12,9 @@ Limits against hostile input (anyone who can write to the share can drop a reque
   ``MAX_NAME``, names of hosts, conda environments and variables: ``MAX_NAME``);
 - a duration is at most ``MAX_DURATION`` seconds (a year);
 - every value is a scalar, an array of scalars or a table of strings: anything nested
-  deeper is a type error (and tomlkit refuses more than 100 levels before we look).
+  deeper is a type error; keys nested more than 10 levels (``agent.tomlsrc.MAX_KEY_PARTS``)
+  are refused before tomlkit parses the file, and tomlkit refuses values nested over 100;
+- at most 100 problems are reported per file (``agent.settings.MAX_PROBLEMS``), then a count.
 
 The limits and the kinds of values are in :mod:`agent.valuetypes`.
 """
