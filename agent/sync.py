@@ -63,8 +63,10 @@ def make_upload_argv(
     ``--delete-excluded`` is on purpose: a file that was uploaded once and is excluded
     later must leave the cache too, or it would reappear in every new run dir although
     it is not in the run's ``bin.tar.gz``. Symlinks are copied as links (``-a``).
+    ``--modify-window=-1`` compares mtimes to the nanosecond (receiver rsync >= 3.1.3), so
+    an edit of a file that keeps its size within the second of the last upload is sent.
     """
-    argv = ["rsync", "-a", "--delete", "--delete-excluded", "--stats"]
+    argv = ["rsync", "-a", "--delete", "--delete-excluded", "--modify-window=-1", "--stats"]
     argv += [f"--exclude={pattern}" for pattern in exclude]
     if rsh is not None:
         argv += ["-e", shlex.join(rsh)]
@@ -76,9 +78,10 @@ def make_pull_argv(src: str, dest_dir: str, rsh: Sequence[str] | None) -> list[s
     """Return the argv that mirrors the contents of ``src`` into ``dest_dir`` (staging).
 
     ``dest_dir`` is droprun's private staging dir, so ``--delete`` is safe there; rsync
-    writes each file to a temp name and renames it (no ``--inplace``).
+    writes each file to a temp name and renames it (no ``--inplace``); mtimes are compared
+    to the nanosecond, as for uploads.
     """
-    argv = ["rsync", "-a", "--delete", "--stats"]
+    argv = ["rsync", "-a", "--delete", "--modify-window=-1", "--stats"]
     if rsh is not None:
         argv += ["-e", shlex.join(rsh)]
     argv += ["--", src.rstrip("/") + "/", dest_dir.rstrip("/") + "/"]

@@ -38,6 +38,7 @@ def test_upload_argv_local() -> None:
         "-a",
         "--delete",
         "--delete-excluded",
+        "--modify-window=-1",
         "--stats",
         "--exclude=.git/",
         "--exclude=*.pyc",
@@ -60,7 +61,7 @@ def test_upload_argv_with_rsh_and_odd_strings() -> None:
 
 def test_pull_argv() -> None:
     argv = make_pull_argv("u@h:/srv/run_0/output", "/share/p/results/.droprun-staging", ["ssh"])
-    assert argv[:4] == ["rsync", "-a", "--delete", "--stats"]
+    assert argv[:5] == ["rsync", "-a", "--delete", "--modify-window=-1", "--stats"]
     assert argv[-2:] == ["u@h:/srv/run_0/output/", "/share/p/results/.droprun-staging/"]
     assert "--inplace" not in argv
 
@@ -153,3 +154,15 @@ def test_run_rsync_host_key_failure_is_not_retried(tmp_path: Path) -> None:
 def test_run_rsync_missing_program() -> None:
     with pytest.raises(HostError):
         run_rsync(["/nonexistent/rsync", "a", "b"], timeout=5)
+
+
+def test_same_size_edit_within_the_same_second_is_sent(tmp_path: Path) -> None:
+    src, cache = tmp_path / "bin", tmp_path / "cache"
+    src.mkdir()
+    for _ in range(5):
+        (src / "f.py").write_text("x = 1\n")
+        run_rsync(make_upload_argv(str(src), str(cache), [], None), timeout=30)
+        (src / "f.py").write_text("x = 2\n")
+        os.utime(src / "f.py", ns=(0, (src / "f.py").stat().st_mtime_ns // 10**9 * 10**9 + 1))
+        run_rsync(make_upload_argv(str(src), str(cache), [], None), timeout=30)
+        assert (cache / "f.py").read_text() == "x = 2\n"

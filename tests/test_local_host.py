@@ -1,0 +1,291 @@
+"""ShellHost over LocalTransport: real rsync, real detached processes, real files."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import HostConfig
+from agent.hosts import open_host
+from agent.hosts.base import LaunchSpec, ProcStatus, RunRef
+from agent.hosts.local import LocalTransport
+from agent.hosts.shell import ShellHost
+
+PR_SET_CHILD_SUBREAPER = 36
+DEADLINE = 30.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def subreaper() -> Iterator[None]:
+    """Adopt orphaned launchers so their zombies can be reaped (PID 1 here may not)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    yield
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def _reap_group(pgid: int) -> None:
+    """Collect the exited processes of group ``pgid`` that were adopted by this process."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _poll(what: str, check: Callable[[], bool], deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def tools() -> None:
+    for tool in ("rsync", "setsid", "find", "python3"):
+        assert shutil.which(tool), f"{tool} must be installed for this test"
+
+
+@pytest.fixture
+def host(tmp_path: Path, tools: None) -> Iterator[ShellHost]:
+    config = HostConfig(name="local", remote_root=str(tmp_path / "remote"))
+    shell_host = ShellHost(config, LocalTransport(), quiet=1.0)
+    yield shell_host
+    shell_host.close()
+
+
+def _bin(tmp_path: Path, run_sh: str, extra: dict[str, str] | None = None) -> Path:
+    bin_dir = tmp_path / "share" / "proj" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "run.sh").write_text(run_sh)
+    (bin_dir / "run.sh").chmod(0o755)
+    for name, text in (extra or {}).items():
+        (bin_dir / name).write_text(text)
+    return bin_dir
+
+
+def _start(host: ShellHost, tmp_path: Path, run_sh: str, spec: LaunchSpec | None = None) -> RunRef:
+    ref = RunRef("proj", 0)
+    host.upload(ref, _bin(tmp_path, run_sh), [])
+    host.launch(ref, spec or LaunchSpec("run.sh"))
+    return ref
+
+
+def _wait_exit(host: ShellHost, ref: RunRef) -> ProcStatus:
+    result: list[ProcStatus] = []
+
+    def done() -> bool:
+        result[:] = [host.status(ref)]
+        return result[0].state in ("exited", "vanished")
+
+    _poll("the run to end", done)
+    return result[0]
+
+
+def test_open_host_and_layout(tmp_path: Path) -> None:
+    local = open_host(HostConfig(name="local", remote_root="~/dr"), tmp_path)
+    assert local.reachable()
+    assert local.remote_dir(RunRef("my proj", 4)) == os.path.expanduser("~/dr/my proj/run_4")
+    local.close()
+
+
+def test_upload_is_a_delta_into_the_cache(host: ShellHost, tmp_path: Path) -> None:
+    bin_dir = _bin(tmp_path, "#!/bin/sh\n", {"small.py": "x = 1\n", "skip.pyc": "junk"})
+    for i in range(3):
+        (bin_dir / f"weights{i}.bin").write_bytes(os.urandom(1_000_000))
+    (bin_dir / "link").symlink_to("small.py")
+    first = host.upload(RunRef("proj", 0), bin_dir, ["*.pyc"])
+    assert first > 3_000_000
+    (bin_dir / "small.py").write_text("x = 2\n")
+    second = host.upload(RunRef("proj", 1), bin_dir, ["*.pyc"])
+    assert second < first / 100
+    run0, run1 = Path(host.remote_dir(RunRef("proj", 0))), Path(host.remote_dir(RunRef("proj", 1)))
+    assert (run0 / "small.py").read_text() == "x = 1\n"
+    assert (run1 / "small.py").read_text() == "x = 2\n"
+    assert os.readlink(run1 / "link") == "small.py"
+    assert not (run1 / "skip.pyc").exists()
+    cache = Path(host.cache_dir("proj"))
+    assert (cache / "weights0.bin").stat().st_ino == (run1 / "weights0.bin").stat().st_ino
+    # Uploading again for an existing run dir leaves it alone.
+    (bin_dir / "small.py").write_text("x = 3\n")
+    host.upload(RunRef("proj", 1), bin_dir, ["*.pyc"])
+    assert (run1 / "small.py").read_text() == "x = 2\n"
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_launch_and_exit_status(host: ShellHost, tmp_path: Path, code: int) -> None:
+    ref = RunRef("proj", 0)
+    host.upload(ref, _bin(tmp_path, '#!/bin/sh\necho "argv: $*"\nexit "$CODE"\n'), [])
+    assert host.status(ref) == ProcStatus("not_started")
+    pid = host.launch(ref, LaunchSpec("run.sh", args=["a b"], env={"CODE": str(code)}))
+    status = _wait_exit(host, ref)
+    assert status == ProcStatus("exited", pid, code)
+    assert host.read_log(ref, 0) == b"argv: a b\n"
+    _reap_group(pid)
+
+
+def test_launch_twice_starts_once(host: ShellHost, tmp_path: Path) -> None:
+    ref = _start(host, tmp_path, "#!/bin/sh\necho x >> launches\nsleep 1\n")
+    run_dir = Path(host.remote_dir(ref))
+    first = int((run_dir / ".droprun" / "pid").read_text())
+    assert host.launch(ref, LaunchSpec("run.sh")) == first
+    assert host.status(ref).state == "running"
+    _wait_exit(host, ref)
+    assert host.launch(ref, LaunchSpec("run.sh")) == first
+    assert host.status(ref) == ProcStatus("exited", first, 0)
+    assert (run_dir / "launches").read_text() == "x\n"
+    _reap_group(first)
+
+
+COOPERATIVE = "#!/bin/sh\nsleep 300 &\nsleep 300 &\necho up > up\nwait\n"
+STUBBORN = """#!/bin/sh
+sh -c "trap '' TERM; sleep 300" &
+trap 'echo ignoring TERM' TERM
+echo up > up
+while :; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize(("script", "state"), [(COOPERATIVE, "exited"), (STUBBORN, "vanished")])
+def test_kill_leaves_no_process_of_the_group(
+    host: ShellHost, tmp_path: Path, script: str, state: str
+) -> None:
+    ref = _start(host, tmp_path, script)
+    run_dir = Path(host.remote_dir(ref))
+    _poll("the script to start", (run_dir / "up").exists)
+    pgid = host.status(ref).pid
+    assert pgid is not None and os.getpgid(pgid) == pgid
+    host.kill(ref, grace=1.0)
+    status = host.status(ref)
+    assert status.state == state
+    if state == "exited":
+        assert status.exit_code is not None and status.exit_code >= 128
+    _reap_group(pgid)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    host.kill(ref, grace=1.0)  # a second kill is harmless
+
+
+def test_read_log_with_offsets(host: ShellHost, tmp_path: Path) -> None:
+    ref = _start(host, tmp_path, "#!/bin/sh\nprintf 'abcdefghij'\nprintf 'KLMNO' >&2\n")
+    pid = _wait_exit(host, ref).pid
+    assert host.read_log(ref, 0) == b"abcdefghijKLMNO"
+    assert host.read_log(ref, 3, 4) == b"defg"
+    assert host.read_log(ref, 10) == b"KLMNO"
+    assert host.read_log(ref, 15) == b""
+    assert host.read_log(ref, 999) == b""
+    assert pid is not None
+    _reap_group(pid)
+
+
+WRITER = r"""
+import os, sys, time
+
+def content(name):
+    return (name.encode() + b":") * 2000
+
+os.makedirs("output/sub", exist_ok=True)
+with open("output/rotated.bin", "wb") as f:
+    f.write(content("rotated.bin"))
+names = ["a.bin", "b.bin", "sub/c.bin", "d.bin"]
+for name in names:
+    data = content(name)
+    with open("output/" + name, "wb") as f:
+        for i in range(0, len(data), 1500):
+            f.write(data[i : i + 1500])
+            f.flush()
+            time.sleep(0.03)
+    if name == "b.bin":
+        time.sleep(1.5)  # rotated.bin has been quiet long enough to be published by now
+        os.unlink("output/rotated.bin")
+"""
+
+
+def _expected(name: str) -> bytes:
+    return (name.encode() + b":") * 2000
+
+
+def test_mirror_never_publishes_partial_files(host: ShellHost, tmp_path: Path) -> None:
+    ref = RunRef("proj", 0)
+    bin_dir = _bin(tmp_path, "#!/bin/sh\nexec python3 writer.py\n", {"writer.py": WRITER})
+    host.upload(ref, bin_dir, [])
+    dest = tmp_path / "share" / "proj" / "results" / "run_0" / "output"
+    dest.parent.mkdir(parents=True)
+    assert host.mirror(ref, "output", dest).files_published == 0  # nothing there yet
+    pid = host.launch(ref, LaunchSpec("run.sh"))
+    mirrors = published = 0
+    seen_pending = False
+    while host.status(ref).state == "running":
+        result = host.mirror(ref, "output", dest)
+        mirrors += 1
+        published += result.files_published
+        seen_pending |= result.files_pending > 0
+        for path in dest.rglob("*"):
+            if path.is_file():
+                rel = path.relative_to(dest).as_posix()
+                assert path.read_bytes() == _expected(rel), f"partial {rel} published"
+        time.sleep(0.05)
+    assert host.status(ref) == ProcStatus("exited", pid, 0)
+    final = host.mirror(ref, "output", dest)
+    assert final.files_pending == 0
+    assert mirrors > 3 and seen_pending
+    names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert names == ["a.bin", "b.bin", "d.bin", "rotated.bin", "sub/c.bin"]
+    for name in names:
+        assert (dest / name).read_bytes() == _expected(name)
+    assert not [p for p in dest.rglob("*") if "droprun-tmp" in p.name]
+    again = host.mirror(ref, "output", dest)
+    assert (again.files_published, again.files_pending) == (0, 0)
+    _reap_group(pid)
+
+
+def test_cleanup_removes_run_dir_keeps_cache(host: ShellHost, tmp_path: Path) -> None:
+    ref = _start(host, tmp_path, "#!/bin/sh\n")
+    pid = _wait_exit(host, ref).pid
+    host.cleanup(ref)
+    assert not Path(host.remote_dir(ref)).exists()
+    assert (Path(host.cache_dir("proj")) / "run.sh").exists()
+    host.cleanup(ref)  # already gone: fine
+    assert pid is not None
+    _reap_group(pid)
+
+
+def test_power_commands(tmp_path: Path, tools: None) -> None:
+    marks = tmp_path / "marks"
+    config = HostConfig(
+        name="local",
+        remote_root=str(tmp_path / "remote"),
+        shutdown_after=60,
+        shutdown_command=f"echo off >> '{marks}'",
+        cancel_shutdown_command=f"echo cancel >> '{marks}'",
+    )
+    power_host = ShellHost(config, LocalTransport())
+    power_host.idle_for(59)
+    assert not marks.exists()
+    power_host.idle_for(60)
+    power_host.run_starting()
+    assert marks.read_text() == "off\ncancel\n"
+    never = ShellHost(HostConfig(name="local", remote_root=str(tmp_path)), LocalTransport())
+    never.idle_for(10**6)
+    never.run_starting()
+    never.wake()
+    assert marks.read_text() == "off\ncancel\n"
+
+
+def test_status_vanished_when_killed_from_outside(host: ShellHost, tmp_path: Path) -> None:
+    ref = _start(host, tmp_path, "#!/bin/sh\necho up > up\nexec sleep 300\n")
+    _poll("the script to start", (Path(host.remote_dir(ref)) / "up").exists)
+    pgid = host.status(ref).pid
+    assert pgid is not None
+    os.killpg(pgid, signal.SIGKILL)
+    _poll("the group to die", lambda: host.status(ref).state == "vanished")
+    _reap_group(pgid)
