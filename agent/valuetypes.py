@@ -76,11 +76,15 @@ def _plain_string(value: object, expected: str, limit: int) -> str:
     return value
 
 
-def _string(limit: int, *, empty_ok: bool = True) -> Callable[[object, Context], str]:
+def _string(
+    limit: int, *, empty_ok: bool = True, one_line: bool = False
+) -> Callable[[object, Context], str]:
     def convert(value: object, _context: Context) -> str:
         text = _plain_string(value, "a string", limit)
         if not empty_ok and not text.strip():
             raise _fail(value, "a string that is not empty")
+        if one_line and not text.isprintable():
+            raise _fail(value, "a string on one line, without control characters")
         return text
 
     return convert
@@ -248,7 +252,7 @@ def between(low: int, high: int, what: str) -> Callable[[Any, Context], None]:
 
 
 STRING = ValueType("string", _string(MAX_STRING))
-NAME = ValueType("string", _string(MAX_NAME))
+NAME = ValueType("string", _string(MAX_NAME, one_line=True))
 TEXT = ValueType("string", _string(MAX_NOTES))
 COMMAND = ValueType("string (a shell line on the server)", _string(MAX_STRING, empty_ok=False))
 RELATIVE_PATH = ValueType("relative path", _relative_path)
