@@ -194,6 +194,12 @@ def test_hostile_words_arrive_exactly(transport: SshTransport, sshd_server: SshS
     assert not canary.exists()
 
 
+def test_a_nul_byte_is_a_permanent_error(transport: SshTransport) -> None:
+    with pytest.raises(HostError, match="NUL") as info:
+        transport.run(["echo", "a\0b"])
+    assert not info.value.transient
+
+
 def test_home_is_the_login_users_and_cached(
     transport: SshTransport, sshd_server: SshServer
 ) -> None:

@@ -183,7 +183,10 @@ class SshTransport:
         Raises HostKeyError, HostError (permanent: auth, config) or a transient HostError
         (network, timeout: the connection is then dropped and the next call reconnects).
         """
-        command = make_remote_command(argv)
+        try:
+            command = make_remote_command(argv)
+        except ValueError as e:
+            raise HostError(f"{self._label}: cannot send this command: {e}") from e
         deadline = time.monotonic() + timeout
         client, channel = self._open_channel(deadline)
         try:
