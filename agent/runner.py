@@ -18,10 +18,9 @@ from typing import Any
 from agent import runinfo
 from agent.archive import make_archive
 from agent.config import AgentConfig
-from agent.durations import parse_duration
 from agent.hosts.base import Host, HostError, LaunchSpec, ProcStatus, RunRef
 from agent.runinfo import RunInfo
-from agent.settings import RunSettings
+from agent.settings import RunSettings, settings_from_table
 
 CANCEL_FILE = "cancel"
 RETRY_DELAY = 2.0
@@ -40,19 +39,8 @@ class RunContext:
 
 
 def settings_from_info(info: RunInfo) -> RunSettings:
-    """Rebuild the typed run settings frozen into ``info.effective``."""
-    table: dict[str, Any] = dict(info.effective)
-    table.pop("sources", None)
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in ("timeout", "backup_every"):
-            values[key] = parse_duration(value)
-        elif isinstance(value, list):
-            values[key] = tuple(value)
-        else:
-            values[key] = value
-    known = RunSettings.__dataclass_fields__
-    return RunSettings(**{k: v for k, v in values.items() if k in known})
+    """Rebuild the typed run settings frozen into ``info.effective``. Raises InvalidFile."""
+    return settings_from_table(info.effective, "run.info")
 
 
 class Stopped(Exception):
