@@ -2,7 +2,8 @@
 the training script and records its pid, start/end epoch and exit status.
 
 Every user string in it is shlex-quoted; only ``setup`` lines are shell by design. The
-helper starts it as ``sh .droprun/launch.sh`` from the run dir, in its own session.
+helper starts it from the run dir, in its own session, with bash where the host has it
+(so ``source`` in setup lines works as users expect), else with sh.
 """
 
 from __future__ import annotations
