@@ -336,6 +336,20 @@ class FakeDsm:
         self.must(self.root / "scripts", "postinst", "UPGRADE", SYNOPKG_OLD_PKGVER=old_version)
         self.must(self.root / "scripts", "postupgrade", "UPGRADE", SYNOPKG_OLD_PKGVER=old_version)
 
+    def run_as(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run a command as the package user (what ``sudo -u droprun`` does on the NAS)."""
+        return subprocess.run(
+            argv,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(self.root / "home")},
+            cwd="/",
+            user=self.user.pw_uid,
+            group=self.user.pw_gid,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     def ctl(self, action: str, status: str) -> subprocess.CompletedProcess[str]:
         return self.script(self.root / "scripts", "start-stop-status", status, action)
 
@@ -397,37 +411,56 @@ def test_preinst_refuses_without_python(spk_v1: Path, dsm: FakeDsm) -> None:
     assert "Python 3.11" in (dsm.root / "tmp" / "messages").read_text()
 
 
+def drop_request(share: Path, project: str, run_sh: str) -> Path:
+    """Make ``<share>/<project>`` with a bin/run.sh and drop a run.request; return the folder."""
+    folder = share / project
+    (folder / "bin").mkdir(parents=True, exist_ok=True)
+    (folder / "bin" / "run.sh").write_text(run_sh)
+    (folder / "run.request").write_text('name = "synology"\n')
+    return folder
+
+
+TERMINAL = {"succeeded", "failed", "error", "timed_out", "cancelled"}
+
+
 def test_install_start_serve_stop_and_upgrade_keeps_config(
     spk_v1: Path, dist: Path, dsm: FakeDsm
 ) -> None:
     dsm.install(spk_v1)
     config = dsm.var / "droprun.toml"
+    log = dsm.var / "droprun.log"
     text = config.read_text()
     settings = tomllib.loads(text)
     assert settings["share"] == str(dsm.root / "shares" / "droprun")
     assert settings["state_dir"] == str(dsm.var / "state")
     assert (dsm.target / "env" / "bin" / "droprun").exists()
-
     assert dsm.ctl("status", "STATUS").returncode == 3
-    started = dsm.ctl("start", "START")
-    assert started.returncode == 0, (dsm.var / "droprun.log").read_text()
-    assert dsm.ctl("status", "STATUS").returncode == 0
-    assert dsm.ctl("start", "START").returncode == 0  # already running: fine
-    key = dsm.var / "ssh" / "id_ed25519"
-    assert key.exists() and key.with_suffix(".pub").exists()
-    assert key.with_suffix(".pub").read_text().split()[0] == "ssh-ed25519"
-    assert dsm.ctl("log", "STATUS").stdout.strip() == str(dsm.var / "droprun.log")
 
-    project = dsm.share / "proj"
-    (project / "bin").mkdir(parents=True)
-    (project / "bin" / "run.sh").write_text("#!/bin/sh\necho hello from the nas\n")
-    (project / "run.request").write_text('name = "synology"\n')
+    # a bad config: start fails, says so, and the log has the agent's reason
+    config.write_text('share = "/nonexistent/share"\nbogus = 1\n')
+    assert dsm.ctl("start", "START").returncode == 1
+    assert dsm.ctl("status", "STATUS").returncode == 3
+    assert "bogus" in log.read_text()
+    assert "did not start" in (dsm.root / "tmp" / "messages").read_text()
+    config.write_text(text)
+
+    # start: the ssh key appears, status says running, a second start is harmless
+    assert dsm.ctl("start", "START").returncode == 0, log.read_text()
+    assert dsm.ctl("status", "STATUS").returncode == 0
+    assert dsm.ctl("start", "START").returncode == 0
+    key = dsm.var / "ssh" / "id_ed25519"
+    public = key.with_suffix(".pub").read_text()
+    assert public.startswith("ssh-ed25519 ") and public.strip() in log.read_text()
+    assert dsm.ctl("log", "STATUS").stdout.strip() == str(log)
+
+    # the agent serves a request dropped on the share (local host: the NAS itself)
+    project = drop_request(dsm.share, "proj", "#!/bin/sh\necho hello from the nas\n")
     dsm.chown()
-    info = poll_state(project / "results" / "run_0" / "run.info",
-                      {"succeeded", "failed", "error", "timed_out", "cancelled"})  # fmt: skip
+    info = poll_state(project / "results" / "run_0" / "run.info", TERMINAL)
     assert info["state"] == "succeeded", info
     assert "hello from the nas" in (project / "results" / "run_0" / "log.log").read_text()
 
+    # stop: the agent is gone, the pid file too
     pid = dsm.pid()
     assert dsm.ctl("stop", "STOP").returncode == 0
     assert dsm.ctl("status", "STATUS").returncode == 3
@@ -435,26 +468,23 @@ def test_install_start_serve_stop_and_upgrade_keeps_config(
     cmdline = Path(f"/proc/{pid}/cmdline")
     assert not cmdline.exists() or cmdline.read_bytes() == b""  # gone (or a zombie)
 
-    # the user edits the config; an upgrade to a new build keeps it byte for byte
+    # the Task Scheduler way: droprun agent --once as the package user
+    drop_request(dsm.share, "proj", "#!/bin/sh\necho once\n")
+    dsm.chown()
+    once = dsm.run_as([str(dsm.target / "env" / "bin" / "droprun"), "agent", "--once",
+                       "--config", str(config)])  # fmt: skip
+    assert once.returncode == 0, once.stderr
+    info = tomllib.loads((project / "results" / "run_1" / "run.info").read_text())
+    assert info["state"] == "succeeded", info
+
+    # the admin edits the config; an upgrade to a new build keeps it byte for byte
     config.write_text(text + "\n# edited by the admin\n")
     edited = config.read_text()
     spk_v2 = build(dist, "--build-number", "2")
     dsm.upgrade(spk_v2)
     assert dsm.version == f"{VERSION}-2"
     assert config.read_text() == edited
-    assert key.exists()
-    assert dsm.ctl("start", "START").returncode == 0, (dsm.var / "droprun.log").read_text()
+    assert key.with_suffix(".pub").read_text() == public
+    assert dsm.ctl("start", "START").returncode == 0, log.read_text()
     assert dsm.ctl("status", "STATUS").returncode == 0
     assert dsm.ctl("stop", "STOP").returncode == 0
-
-
-def test_a_bad_config_makes_start_fail_with_the_reason_in_the_log(
-    spk_v1: Path, dsm: FakeDsm
-) -> None:
-    dsm.install(spk_v1)
-    (dsm.var / "droprun.toml").write_text('share = "/nonexistent/share"\nbogus = 1\n')
-    proc = dsm.ctl("start", "START")
-    assert proc.returncode == 1
-    assert dsm.ctl("status", "STATUS").returncode == 3
-    assert "bogus" in (dsm.var / "droprun.log").read_text()
-    assert "did not start" in (dsm.root / "tmp" / "messages").read_text()
