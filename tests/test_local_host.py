@@ -6,6 +6,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -289,3 +290,19 @@ def test_status_vanished_when_killed_from_outside(host: ShellHost, tmp_path: Pat
     os.killpg(pgid, signal.SIGKILL)
     _poll("the group to die", lambda: host.status(ref).state == "vanished")
     _reap_group(pgid)
+
+
+def test_wake_sends_the_magic_packet_where_configured(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(10)
+        config = HostConfig(
+            name="sleepy",
+            remote_root=str(tmp_path),
+            wake_mac="aa:bb:cc:dd:ee:ff",
+            wake_broadcast="127.0.0.1",
+            wake_port=listener.getsockname()[1],
+        )
+        ShellHost(config, LocalTransport()).wake()
+        packet = listener.recv(1024)
+    assert packet == b"\xff" * 6 + bytes.fromhex("aabbccddeeff") * 16
