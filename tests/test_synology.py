@@ -438,7 +438,11 @@ def test_install_start_serve_stop_and_upgrade_keeps_config(
 
     # a bad config: start fails, says so, and the log has the agent's reason
     config.write_text('share = "/nonexistent/share"\nbogus = 1\n')
+    log.write_bytes(b"old\n" * (10 * 1024 * 1024 // 4 + 1))  # over 10 MiB: rotated at start
+    dsm.chown()
     assert dsm.ctl("start", "START").returncode == 1
+    assert log.with_name("droprun.log.1").read_bytes().startswith(b"old\n")
+    assert not log.read_bytes().startswith(b"old\n")
     assert dsm.ctl("status", "STATUS").returncode == 3
     assert "bogus" in log.read_text()
     assert "did not start" in (dsm.root / "tmp" / "messages").read_text()
