@@ -21,7 +21,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,23 +96,12 @@ def build_self_wheel(opts: Options, work: Path, pyproject_text: str) -> Path:
     source = work / "src"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
         ".*", "dist", "build", "__pycache__", "tests", "synology", "bench"))  # fmt: skip
-    readme = project_readme(pyproject_text)
-    if readme and not (source / readme).exists():
-        # hatchling refuses to build without the readme pyproject.toml names
-        print(f"warning: {readme} is missing; the wheel gets a one-line one", file=sys.stderr)
-        (source / readme).write_text(project_metadata(pyproject_text)[1] + "\n")
     dest = work / "self"
     _run(make_wheel_argv(opts.python, source, dest, backend))
     wheels = sorted(dest.glob(f"{PACKAGE_NAME}-*.whl"))
     if len(wheels) != 1:
         raise RuntimeError(f"expected one droprun wheel in {dest}, found {wheels}")
     return wheels[0]
-
-
-def project_readme(pyproject_text: str) -> str | None:
-    """Return the readme file that pyproject.toml names, if it names one by path."""
-    readme = tomllib.loads(pyproject_text)["project"].get("readme")
-    return readme if isinstance(readme, str) else None
 
 
 def collect_wheels(
