@@ -53,6 +53,7 @@ def cmd_agent(opts: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
+    logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every command it starts
     config = load_config(opts.config)
     ctx = make_context(config, logging.getLogger("droprun"))
     for sig in (signal.SIGTERM, signal.SIGINT):

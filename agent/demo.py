@@ -73,6 +73,7 @@ def run_demo(where: Path | None = None) -> int:
     print(f"droprun demo in {root}")
     print(f"Dropped {project / 'run.request'}; the agent takes it and runs it here.\n")
     logging.basicConfig(level=logging.INFO, format="  agent: %(message)s", stream=sys.stdout)
+    logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every command it starts
     serve(make_context(config, logging.getLogger("droprun.demo")), once=True)
 
     run_dir = project / "results" / "run_0"

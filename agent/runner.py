@@ -198,11 +198,14 @@ class RunDriver:
                 out.write(chunk)
             offset += len(chunk)
 
-    def mirror(self) -> None:
-        """Mirror ``output_dir`` into ``output/`` and count the bytes."""
-        result = self.host.mirror(self.ref, self.settings.output_dir, self.run_dir / "output")
+    def mirror(self, final: bool = False) -> int:
+        """Mirror ``output_dir`` into ``output/``, count the bytes; return files still pending."""
+        result = self.host.mirror(
+            self.ref, self.settings.output_dir, self.run_dir / "output", final=final
+        )
         self.info.bytes_mirrored += result.bytes_received
         self.save()
+        return result.files_pending
 
     def watch(self) -> None:
         """Stream the log and mirror outputs until the process ends, times out or is cancelled."""
@@ -251,7 +254,11 @@ class RunDriver:
             self.host.kill(self.ref, self.ctx.config.kill_grace)
             status = self.host.status(self.ref)
         self.retry(self.pull_log, "log pull")
-        self.retry(self.mirror, "final mirror")
+        for _ in range(3):
+            if not self.retry(lambda: self.mirror(final=True), "final mirror"):
+                break
+        else:
+            self.ctx.log.warning("%s: some outputs kept changing; not mirrored", self.ref.label)
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
         if self.info.outcome:
             self.end(self.info.outcome, self.info.reason, status.exit_code)

@@ -120,8 +120,13 @@ class Host(Protocol):
         """Return at most ``limit`` bytes of the run's log starting at byte ``offset``."""
         ...
 
-    def mirror(self, ref: RunRef, output_dir: str, dest: Path) -> MirrorResult:
-        """Mirror the run's ``output_dir`` into ``dest`` without deleting or half-writing."""
+    def mirror(
+        self, ref: RunRef, output_dir: str, dest: Path, *, final: bool = False
+    ) -> MirrorResult:
+        """Mirror the run's ``output_dir`` into ``dest`` without deleting or half-writing.
+
+        ``final``: the process has ended; leave nothing of the mirror's own behind.
+        """
         ...
 
     def kill(self, ref: RunRef, grace: float) -> None:

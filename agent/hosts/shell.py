@@ -11,6 +11,7 @@ import importlib.resources
 import math
 import os
 import posixpath
+import shutil
 import stat
 import time
 from collections.abc import Sequence
@@ -229,13 +230,16 @@ class ShellHost:
         out_dir = posixpath.join(self.remote_dir(ref), output_dir)
         return parse_listing(self._helper("list", self.remote_dir(ref), out_dir).stdout)
 
-    def mirror(self, ref: RunRef, output_dir: str, dest: Path) -> MirrorResult:
+    def mirror(
+        self, ref: RunRef, output_dir: str, dest: Path, *, final: bool = False
+    ) -> MirrorResult:
         """Mirror the run's ``output_dir`` into ``dest``: publish only complete files.
 
         rsync fills a hidden staging dir next to ``dest``; a file is published (hard link
         + rename, so never half-written) when its listing did not change during the
         transfer, its staged copy matches, and, while the job runs, it has been left
-        alone for ``quiet`` s. Nothing in ``dest`` is ever deleted.
+        alone for ``quiet`` s. Nothing in ``dest`` is ever deleted. With ``final`` and
+        nothing left pending, the staging dir is removed.
         """
         before = self._list(ref, output_dir)
         if not before.files:
@@ -256,6 +260,8 @@ class ShellHost:
                 pending += 1
             elif _publish(staging / path, dest / path):
                 published += 1
+        if final and not pending:
+            shutil.rmtree(staging)
         return MirrorResult(stats.bytes_received, published, pending)
 
 
