@@ -14,8 +14,6 @@ from pathlib import Path
 from agent import runinfo
 from agent.runner import RunContext, RunDriver
 
-IDLE_CHECK_EVERY = 30.0
-
 
 class HostQueue:
     """The queue and workers of one host."""
@@ -73,7 +71,7 @@ class HostQueue:
                         self.idle_since = time.monotonic()
 
     def check_idle(self) -> None:
-        """Tell the host how long it has been idle (it may power itself off)."""
+        """Tell the host how long it has been idle (it may power itself off); cheap."""
         with self.lock:
             idle = 0.0 if self.pending else time.monotonic() - self.idle_since
         if idle:

@@ -15,7 +15,7 @@ from agent.config import AgentConfig
 from agent.hosts import open_host
 from agent.problems import UserError
 from agent.runner import RunContext
-from agent.scheduler import IDLE_CHECK_EVERY, Scheduler
+from agent.scheduler import Scheduler
 
 ACTIVE_FIRST = {
     runinfo.FINISHING: 0,
@@ -142,14 +142,11 @@ def serve(ctx: RunContext, *, once: bool, poll_every: float = 0.5) -> None:
         try:
             resume(ctx, scheduler)
             intake = Intake(ctx, scheduler)
-            last_idle_check = time.monotonic()
             while not ctx.stop.is_set():
                 settling = intake.poll()
                 if once and not settling and not scheduler.busy():
                     break
-                if time.monotonic() - last_idle_check >= IDLE_CHECK_EVERY:
-                    scheduler.check_idle()
-                    last_idle_check = time.monotonic()
+                scheduler.check_idle()
                 ctx.stop.wait(poll_every)
         finally:
             ctx.stop.set()
