@@ -10,18 +10,18 @@ matches ``dir`` and everything in it. An excluded directory is not entered.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
 import re
 import stat
 import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
+
+from agent.fsutil import atomic_file
 
 EntryKind = Literal["f", "l", "d"]
 
@@ -209,28 +209,14 @@ def make_archive(bin_dir: Path, exclude: Sequence[str], dest: Path) -> ArchiveIn
     entries = select_entries(bin_dir, exclude)
     tree_hash = hashlib.sha256()
     files = size = 0
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with (
-                gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            ):
-                for entry, mode, detail, nbytes in _add_entries(tar, bin_dir, entries):
-                    tree_hash.update(f"{entry.kind}\0{entry.path}\0{mode:o}\0{detail}\n".encode())
-                    if entry.kind != "d":
-                        files += 1
-                        size += nbytes
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp_name, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with (
+        atomic_file(dest) as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for entry, mode, detail, nbytes in _add_entries(tar, bin_dir, entries):
+            tree_hash.update(f"{entry.kind}\0{entry.path}\0{mode:o}\0{detail}\n".encode())
+            if entry.kind != "d":
+                files += 1
+                size += nbytes
     return ArchiveInfo(files=files, bytes=size, sha256=tree_hash.hexdigest())

@@ -6,8 +6,6 @@ atomically (temp file in the same folder, fsync, rename) so a reader never sees 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -16,6 +14,7 @@ from typing import Any
 
 import tomlkit
 
+from agent.fsutil import atomic_write
 from agent.problems import UserError
 
 FORMAT = 1
@@ -164,26 +163,6 @@ def load(path: Path) -> RunInfo:
     except (OSError, UnicodeDecodeError) as exc:
         raise RunInfoError(f"{path}: cannot read ({exc})") from exc
     return RunInfo.from_toml(text, str(path))
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: temp file beside it, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save(path: Path, info: RunInfo) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent import runinfo
 from agent.config import AgentConfig
+from agent.fsutil import atomic_write
 from agent.problems import InvalidFile
 from agent.runinfo import RunInfo
 from agent.settings import MAX_REQUEST_BYTES, merge, parse_request, read_project_layer
@@ -122,7 +123,7 @@ def claim_run_dir(project: Path) -> tuple[int, Path]:
             break
         except FileExistsError:
             n += 1
-    runinfo.atomic_write(counter, f"{n + 1}\n".encode())
+    atomic_write(counter, f"{n + 1}\n".encode())
     return n, run_dir
 
 
