@@ -148,12 +148,25 @@ class RunDriver:
             self.host.cleanup(self.ref)
             self.end(runinfo.CANCELLED, "cancelled before it started")
             return
-        pid = self.retry(lambda: self.host.launch(self.ref, self.launch_spec()), "launch")
+        spec = self.launch_spec()
+        pid = self.retry(lambda: self.host.launch(self.ref, spec), "launch")
         now = int(self.ctx.clock())
         self.info.remote_pid = pid
+        self.info.gpu_names = self.read_gpu_names(spec.cuda_visible_devices)
         self.info.start_epoch = now
         self.info.start_time = runinfo.date_string(now)
         self.move(runinfo.RUNNING)
+
+    def read_gpu_names(self, devices: str | None) -> list[str] | None:
+        """Return the names of the run's GPUs, or None if the host cannot tell.
+
+        Only for the record: a failure is logged and the run goes on.
+        """
+        try:
+            return self.host.gpu_names(devices)
+        except HostError as exc:
+            self.ctx.log.warning("%s: cannot read GPU names: %s", self.ref.label, exc)
+            return None
 
     def launch_spec(self) -> LaunchSpec:
         """Return what the launcher needs, with this slot's GPU if the host lists GPUs."""

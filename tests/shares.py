@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from agent import runinfo
 from agent.settings import load_agent_config
@@ -74,3 +75,39 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def write_ssh_config(
+    root: Path,
+    server: Any,
+    *,
+    name: str = "gpu",
+    slots: int = 1,
+    extra: str = "",
+    host_extra: str = "",
+    port: int | None = None,
+    known_hosts: Path | None = None,
+    defaults: str = "",
+) -> Path:
+    """Write a droprun.toml whose requests go by default to ssh host ``name`` on ``server``.
+
+    ``server`` is a ``testbed.SshServer``; ``port`` and ``known_hosts`` replace its own
+    (for a server that starts later, or a wrong key); ``defaults`` adds lines to
+    ``[defaults]``. The local host stays as well.
+    """
+    path = write_config(root, extra=extra)
+    with path.open("a") as out:
+        out.write(
+            f'\n[defaults]\nhost = "{name}"\n{defaults}\n'
+            f"[hosts.{name}]\n"
+            'kind = "ssh"\n'
+            f'address = "{server.address}"\n'
+            f"port = {port or server.port}\n"
+            f'user = "{server.user}"\n'
+            f'key = "{server.key}"\n'
+            f'known_hosts = "{known_hosts or server.known_hosts}"\n'
+            f'remote_root = "{server.remote_root}"\n'
+            f"slots = {slots}\n"
+            f"{host_extra}\n"
+        )
+    return path

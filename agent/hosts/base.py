@@ -137,6 +137,13 @@ class Host(Protocol):
         """Remove the run dir on the host (the project cache stays)."""
         ...
 
+    def gpu_names(self, devices: str | None = None) -> list[str] | None:
+        """Return the names of GPUs ``devices`` (ids as in CUDA_VISIBLE_DEVICES; all if None).
+
+        Returns None if the host cannot tell (no ``nvidia-smi``).
+        """
+        ...
+
     def run_starting(self) -> None:
         """Called before a run uses the host (cancels a pending power-off)."""
         ...

@@ -141,6 +141,18 @@ do_cleanup() {  # cleanup RUNDIR: remove a run dir (never anything else)
     esac
 }
 
+do_gpus() {  # gpus [IDS]: one GPU name per line, or "no-nvidia-smi"
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        echo no-nvidia-smi
+        return 0
+    fi
+    if [ -n "$1" ]; then
+        nvidia-smi --query-gpu=name --format=csv,noheader -i "$1"
+    else
+        nvidia-smi --query-gpu=name --format=csv,noheader
+    fi
+}
+
 VERB=${1:-}
 [ $# -gt 0 ] && shift
 case "$VERB" in
@@ -153,6 +165,7 @@ case "$VERB" in
     mkdir) need_args 1 $#; mkdir -p -- "$1" ;;
     kill) need_args 2 $#; do_kill "$1" "$2" ;;
     cleanup) need_args 1 $#; do_cleanup "$1" ;;
+    gpus) do_gpus "${1:-}" ;;
     home) printf '%s\n' "$HOME" ;;
     power) need_args 1 $#; sh -c "$1" ;;
     *) die 2 "unknown verb: $VERB" ;;

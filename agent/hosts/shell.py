@@ -8,23 +8,27 @@ run, so the local host and the ssh host share all run logic. Layout (DESIGN.md Â
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import math
 import os
 import posixpath
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import HostConfig
-from agent.hosts.base import HostError, HostKeyError, LaunchSpec, MirrorResult, ProcStatus, RunRef
+from agent.hosts.base import HostError, LaunchSpec, MirrorResult, ProcStatus, RunRef
 from agent.launcher import make_launcher
 from agent.sync import make_pull_argv, make_upload_argv, run_rsync
 from agent.transport import CommandResult, Transport
 
 STAGING_NAME = ".droprun-staging"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class ShellHost:
             importlib.resources.files("agent.hosts").joinpath("helper.sh").read_text()
         )
         self._root: str | None = None
+        self._last_no_answer = "not tried yet"
+        self._power_lock = threading.Lock()
+        self._powered_off = False
+        self._last_idle = 0.0
 
     # -- paths -------------------------------------------------------------------------
 
@@ -138,13 +146,21 @@ class ShellHost:
     # -- reachability and power ------------------------------------------------------------
 
     def reachable(self) -> bool:
-        """Return True if the host runs a trivial command now."""
+        """Return True if the host runs a trivial command now, False if it does not answer.
+
+        Raises HostKeyError and other permanent HostErrors (a refused login): waiting
+        would not help, so they must not look like a server that is still asleep.
+        """
         try:
-            return self.transport.run(["true"], timeout=15.0).exit_code == 0
-        except HostKeyError:
-            raise  # not "unreachable": a wrong host key must be said loudly
-        except HostError:
+            ok = self.transport.run(["true"], timeout=15.0).exit_code == 0
+        except HostError as exc:
+            if not exc.transient:
+                raise
+            self._last_no_answer = str(exc)
             return False
+        if not ok:
+            self._last_no_answer = "`true` failed on the host"
+        return ok
 
     def wake(self) -> None:
         """Send a Wake-on-LAN packet if the host has ``wake_mac``; otherwise do nothing."""
@@ -160,25 +176,71 @@ class ShellHost:
             raise HostError(f"{self.name}: cannot send Wake-on-LAN: {exc}", transient=True) from exc
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll with backoff until the host answers; raise HostError after ``timeout`` s."""
+        """Poll with backoff until the host answers; raise HostError after ``timeout`` s.
+
+        The Wake-on-LAN packet (if configured) is sent again before every retry: it is one
+        UDP datagram and may be lost. The error names the host and its last failure.
+        """
         deadline = time.monotonic() + timeout
         delay = 0.5
         while not self.reachable():
             if time.monotonic() >= deadline:
-                raise HostError(f"{self.name}: no answer within {timeout:g} s", transient=True)
+                raise HostError(
+                    f"{self.name} did not answer within wake_timeout ({timeout:g} s); "
+                    f"last try: {self._last_no_answer}",
+                    transient=True,
+                )
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 10.0)
+            self.wake()
 
     def run_starting(self) -> None:
-        """Cancel a pending power-off (only for hosts that power off when idle)."""
-        if self.config.shutdown_after is not None:
+        """Cancel a pending power-off (only for hosts that power off when idle).
+
+        A failing cancel command is logged, not raised: the run itself can go on, and
+        the agent's own power-off is only ever sent when no run is active.
+        """
+        if self.config.shutdown_after is None:
+            return
+        try:
             self._helper("power", self.config.cancel_shutdown_command)
+        except HostError as exc:
+            log.warning("%s: cancel_shutdown_command failed: %s", self.name, exc)
 
     def idle_for(self, seconds: float) -> None:
-        """Power the host off once it has been idle for ``shutdown_after`` seconds."""
+        """Power the host off once per idle period of ``shutdown_after`` seconds.
+
+        Called on every agent tick with the length of the current idle period; cheap
+        unless the command is due. A shorter ``seconds`` than last time means a new idle
+        period (a run came and went) and arms the power-off again. A failing command is
+        logged, not retried: a server that went down while being told to is the common
+        case, and retrying every tick would flood the log.
+        """
         after = self.config.shutdown_after
-        if after is not None and seconds >= after:
-            self._helper("power", self.config.shutdown_command)
+        if after is None:
+            return
+        with self._power_lock:
+            if seconds < self._last_idle:
+                self._powered_off = False
+            self._last_idle = seconds
+            if seconds < after or self._powered_off:
+                return
+            self._powered_off = True
+        log.info("%s: idle for %.0f s, running shutdown_command", self.name, seconds)
+        try:
+            self._helper("power", self.config.shutdown_command, timeout=30.0)
+        except HostError as exc:
+            log.warning("%s: shutdown_command failed: %s", self.name, exc)
+
+    def gpu_names(self, devices: str | None = None) -> list[str] | None:
+        """Return the names of the GPUs ``devices`` (all if None) via ``nvidia-smi``.
+
+        Returns None when the host has no ``nvidia-smi``. Raises HostError if it fails.
+        """
+        out = self._helper("gpus", devices or "").stdout.decode(errors="replace")
+        if out.startswith("no-nvidia-smi"):
+            return None
+        return [line.strip() for line in out.splitlines() if line.strip()]
 
     # -- a run ---------------------------------------------------------------------------
 
