@@ -8,7 +8,8 @@ from agent.tomlsrc import describe
 
 # Units in the order they must appear; each at most once.
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-_DURATION_RE = re.compile(r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?")
+# ASCII digits only: re's \d and int() would also take Arabic-Indic or full-width digits.
+_DURATION_RE = re.compile(r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?", re.ASCII)
 _EXPECTED = 'a duration like "90m", "12h", "1d2h" or "45s", or a whole number of seconds'
 
 
@@ -27,7 +28,8 @@ def parse_duration(value: object) -> int:
         text = "".join(value.split()).lower()
         match = _DURATION_RE.fullmatch(text)
         if not text or match is None:
-            hint = " (a number of seconds is written without quotes)" if text.isdigit() else ""
+            quoted_number = text.isascii() and text.isdigit()
+            hint = " (a number of seconds is written without quotes)" if quoted_number else ""
             raise ValueError(f"found {describe(value)}, expected {_EXPECTED}{hint}")
         seconds = sum(
             int(part or 0) * unit for part, (_, unit) in zip(match.groups(), _UNITS, strict=True)

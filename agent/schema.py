@@ -38,9 +38,12 @@ from agent.valuetypes import (
     MAC,
     MAX_ITEMS,
     NAME,
+    OUTPUT_DIR,
     RELATIVE_PATH,
     REMOTE_PATH,
     SECONDS,
+    SHELL_LINES,
+    SSH_FILE,
     STRINGS,
     TEXT,
     USER,
@@ -117,7 +120,7 @@ RUN_FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "output_dir",
-        RELATIVE_PATH,
+        OUTPUT_DIR,
         "output",
         "Where the script writes its results, relative to its run folder.",
     ),
@@ -130,7 +133,7 @@ RUN_FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "setup",
-        STRINGS,
+        SHELL_LINES,
         [],
         "Shell lines run on the server before the script.",
         example=["source ~/activate_env.sh 2.4"],
@@ -166,7 +169,10 @@ AGENT_FIELDS: tuple[Field, ...] = (
         required=True,
     ),
     Field(
-        "state_dir", LOCAL_PATH, "~/.local/state/droprun", "Where the agent keeps its own state."
+        "state_dir",
+        SSH_FILE,  # ssh's control sockets live below it
+        "~/.local/state/droprun",
+        "Where the agent keeps its own state.",
     ),
     Field("settle", SECONDS, 1, "A request is read once it has not changed for this many seconds."),
     Field(
@@ -221,7 +227,7 @@ HOST_FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "known_hosts",
-        LOCAL_PATH,
+        SSH_FILE,
         None,
         "known_hosts file with the server's key (unset: ssh's default).",
         example="~/.ssh/known_hosts",

@@ -31,6 +31,13 @@ _SIMPLE_ESCAPES = MappingProxyType(
 # tomlkit sees them keeps hostile input cheap: tomlkit spends seconds on 64 KiB of deep tables.
 MAX_KEY_PARTS = 10
 _TOMLKIT_WHERE = re.compile(r"\s+at line \d+ col \d+$")
+# Byte order marks of encodings that are not UTF-8 (UTF-32 first: it starts like UTF-16).
+_OTHER_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
 
 def describe(value: object) -> str:
@@ -324,7 +331,22 @@ def parse_text(text: str, filename: str) -> Parsed:
 
 
 def parse_bytes(data: bytes, filename: str) -> Parsed:
-    """Decode ``data`` as UTF-8 (a leading BOM is allowed) and parse it like parse_text."""
+    """Decode ``data`` as UTF-8 (a leading BOM is allowed) and parse it like parse_text.
+
+    UTF-16/32 text (Windows Notepad's "Unicode") and binary data get a message that says
+    so, instead of a puzzling complaint about one byte.
+    """
+    for bom, encoding in _OTHER_BOMS:
+        if data.startswith(bom):
+            message = f"the file is {encoding} text; save it as UTF-8"
+            return Parsed(None, KeyLines(), (Problem(filename, 1, None, message),))
+    if b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        message = (
+            "not text: the file contains NUL bytes (binary data, or UTF-16 text); "
+            "save it as UTF-8 text"
+        )
+        return Parsed(None, KeyLines(), (Problem(filename, line, None, message),))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -5,6 +5,7 @@ that use these kinds are in :mod:`agent.schema`."""
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ MAX_NOTES = 16384
 MAX_NAME = 200
 MAX_DURATION = 366 * 86400
 
-CONDA_ENV_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# Not starting with "-", so that conda cannot read the name as an option.
+CONDA_ENV_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
-# ssh words: never starting with "-", so that they cannot be read as an option.
-_ADDRESS_RE = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9_.:%\[\]-]*")
+# ssh words: never starting with "-", so that they cannot be read as an option. An
+# address is an IP address (parsed by ipaddress) or a host name matching this.
+_HOST_NAME_ADDRESS_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -106,11 +109,37 @@ def _relative_path(value: object, _context: Context) -> str:
     parts = text.replace("\\", "/").split("/")
     if not text.strip():
         raise _fail(value, f"{expected}, not empty")
+    if not text.isprintable():
+        raise _fail(value, f"{expected}, without line breaks or control characters")
     if text.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", text):
         raise _fail(value, f"{expected}, not an absolute path")
     if ".." in parts:
         raise _fail(value, f'{expected} without ".." in it')
     return text
+
+
+def _output_dir(value: object, context: Context) -> str:
+    """A relative path that names a folder inside the run folder, not droprun's own."""
+    text = _relative_path(value, context)
+    parts = [p for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
+    expected = 'a folder inside the run folder like "output" or "out/ckpt"'
+    if not parts:
+        raise _fail(value, f"{expected}, not the run folder itself")
+    if parts[0] == ".droprun":
+        raise _fail(value, f"{expected}, not droprun's own .droprun folder")
+    return text
+
+
+def _shell_lines(value: object, context: Context) -> tuple[str, ...]:
+    """An array of strings, each one shell line (the launcher runs them line by line)."""
+    lines = _strings(value, context)
+    for number, line in enumerate(lines, start=1):
+        if "\n" in line or "\r" in line:
+            raise ValueError(
+                f"item {number}: found {describe(line)}, expected one shell line without "
+                "line breaks (put each line in its own item)"
+            )
+    return lines
 
 
 def _local_path(value: object, context: Context) -> Path:
@@ -123,10 +152,38 @@ def _local_path(value: object, context: Context) -> Path:
     return path
 
 
+def _ssh_file(value: object, context: Context) -> Path:
+    """A local path that ssh_config can express (no double quote, one line)."""
+    path = _local_path(value, context)
+    if '"' in str(path) or not str(path).isprintable():
+        raise _fail(value, "a path without double quotes or control characters (ssh cannot use it)")
+    return path
+
+
 def _remote_path(value: object, _context: Context) -> str:
-    text = _plain_string(value, "a path on the server", MAX_STRING)
+    expected = 'an absolute path on the server, or one in the home folder like "~/droprun"'
+    text = _plain_string(value, expected, MAX_STRING)
     if not text.strip():
-        raise _fail(value, "a path on the server, not empty")
+        raise _fail(value, f"{expected}, not empty")
+    if not text.isprintable():
+        raise _fail(value, f"{expected}, without line breaks or control characters")
+    if not (text.startswith("/") or text == "~" or text.startswith("~/")):
+        raise _fail(value, expected)
+    return text
+
+
+def _address(value: object, _context: Context) -> str:
+    expected = "a host name or IP address"
+    text = _plain_string(value, expected, MAX_NAME)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return text
+    if not _HOST_NAME_ADDRESS_RE.fullmatch(text):
+        hint = " (the port goes in port)" if re.fullmatch(r"[^:]+:\d+", text) else ""
+        raise _fail(value, f"{expected}{hint}")
     return text
 
 
@@ -257,6 +314,9 @@ TEXT = ValueType("string", _string(MAX_NOTES))
 COMMAND = ValueType("string (a shell line on the server)", _string(MAX_STRING, empty_ok=False))
 RELATIVE_PATH = ValueType("relative path", _relative_path)
 LOCAL_PATH = ValueType("path", _local_path)
+SSH_FILE = ValueType("path", _ssh_file)
+OUTPUT_DIR = ValueType("relative path", _output_dir)
+SHELL_LINES = ValueType("array of shell lines", _shell_lines)
 REMOTE_PATH = ValueType("path on the server", _remote_path)
 STRINGS = ValueType("array of strings", _strings)
 GPU_IDS = ValueType("array of GPU ids", _gpu_ids)
@@ -270,5 +330,5 @@ CONDA_ENV = ValueType(
     "conda environment name",
     _pattern(CONDA_ENV_RE, "a conda environment name (letters, digits, _ . -)"),
 )
-ADDRESS = ValueType("host name or IP address", _pattern(_ADDRESS_RE, "a host name or IP address"))
+ADDRESS = ValueType("host name or IP address", _address)
 USER = ValueType("user name", _pattern(_USER_RE, "a user name (letters, digits, _ . -)"))
