@@ -284,6 +284,11 @@ class Parsed:
 
 def _plain_parse_message(message: str) -> str:
     """Return tomlkit's parse error message in plainer words for the common cases."""
+    if "use \\u000d instead" in message:
+        return (
+            "a carriage return without a line feed (old Mac line endings): "
+            "save the file with Unix (LF) or Windows (CRLF) line endings"
+        )
     if "use \\u000a instead" in message:
         return "a string is not closed: its closing quote is missing on this line"
     if message == "Unexpected character: '\\n'":
