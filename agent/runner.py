@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,52 @@ RETRY_DELAY = 2.0
 RETRY_DELAY_MAX = 60.0
 
 
+class Wakeups:
+    """One event per run being driven: set to wake its sleeping driver early.
+
+    The agent's watcher sets it when a ``cancel`` file appears; a stop sets them all.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[Path, threading.Event] = {}
+
+    @contextmanager
+    def registered(self, run_dir: Path) -> Iterator[threading.Event]:
+        """Give ``run_dir`` an event for the ``with`` block."""
+        event = threading.Event()
+        with self._lock:
+            self._events[run_dir] = event
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._events.pop(run_dir, None)
+
+    def get(self, run_dir: Path) -> threading.Event | None:
+        """Return the event of ``run_dir``, or None if no driver has registered it."""
+        with self._lock:
+            return self._events.get(run_dir)
+
+    def wake(self, run_dir: Path) -> None:
+        """Wake the driver of ``run_dir`` if it is sleeping (or when it next sleeps)."""
+        event = self.get(run_dir)
+        if event is not None:
+            event.set()
+
+    def wake_all(self) -> None:
+        """Wake every driver."""
+        with self._lock:
+            events = list(self._events.values())
+        for event in events:
+            event.set()
+
+    def run_dirs(self) -> list[Path]:
+        """Return the run folders being driven now."""
+        with self._lock:
+            return list(self._events)
+
+
 @dataclass
 class RunContext:
     """What a run needs from the agent: config, hosts, a logger, the stop signal, a clock."""
@@ -36,6 +83,12 @@ class RunContext:
     log: logging.Logger
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time
+    wakeups: Wakeups = field(default_factory=Wakeups)
+
+    def request_stop(self) -> None:
+        """Tell the agent and every driver to stop; safe to call from a signal handler."""
+        self.stop.set()
+        self.wakeups.wake_all()
 
 
 def settings_from_info(info: RunInfo) -> RunSettings:
@@ -80,8 +133,14 @@ class RunDriver:
         return (self.run_dir / CANCEL_FILE).exists()
 
     def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``; raise Stopped if the agent is told to stop meanwhile."""
-        if self.ctx.stop.wait(seconds):
+        """Wait ``seconds`` or until woken (a cancel file); raise Stopped if the agent stops."""
+        event = self.ctx.wakeups.get(self.run_dir)
+        if event is None:
+            self.ctx.stop.wait(seconds)
+        elif not self.ctx.stop.is_set():
+            event.wait(seconds)
+            event.clear()
+        if self.ctx.stop.is_set():
             raise Stopped
 
     def end(self, state: str, reason: str | None = None, exit_code: int | None = None) -> None:
@@ -114,7 +173,11 @@ class RunDriver:
         except Stopped:
             self.ctx.log.info("%s: left %s for the next start", self.ref.label, self.info.state)
         except HostError as exc:
-            if not self.info.terminal:
+            if self.ctx.stop.is_set():  # e.g. an rsync killed by the agent's own shutdown
+                self.ctx.log.info(
+                    "%s: left %s for the next start (%s)", self.ref.label, self.info.state, exc
+                )
+            elif not self.info.terminal:
                 self.end(runinfo.ERROR, f"host {self.host.name}: {exc}")
 
     def prepare(self) -> None:
@@ -263,26 +326,35 @@ class RunDriver:
     def finish(self) -> None:
         """Final log pull and mirror, clean up the host, and reach the terminal state."""
         status: ProcStatus = self.retry(lambda: self.host.status(self.ref), "status")
-        if status.state == "running":  # reattached after a kill during finishing
-            self.host.kill(self.ref, self.ctx.config.kill_grace)
-            status = self.host.status(self.ref)
+        if status.state != "not_started":
+            # Also after a normal exit: background jobs the script left in its process
+            # group must not outlive the run dir, which is removed below.
+            self.retry(lambda: self.host.kill(self.ref, self.ctx.config.kill_grace), "kill")
+            if status.state == "running":  # reattached after a kill during finishing
+                status = self.host.status(self.ref)
         self.retry(self.pull_log, "log pull")
         for _ in range(3):
             if not self.retry(lambda: self.mirror(final=True), "final mirror"):
                 break
         else:
             self.ctx.log.warning("%s: some outputs kept changing; not mirrored", self.ref.label)
+        if not self.info.outcome:
+            # Recorded before the clean-up removes the exit status: an agent killed after
+            # the clean-up resumes here and must still know how the script ended.
+            self.info.outcome, self.info.reason = outcome_of(status)
+            self.info.exit_code = status.exit_code
+            self.save()
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
-        if self.info.outcome:
-            self.end(self.info.outcome, self.info.reason, status.exit_code)
-        elif status.state == "exited" and status.exit_code == 0:
-            self.end(runinfo.SUCCEEDED, None, 0)
-        elif status.state == "exited":
-            self.end(
-                runinfo.FAILED, f"the script exited with code {status.exit_code}", status.exit_code
-            )
-        else:
-            self.end(
-                runinfo.FAILED,
-                "the training process vanished (killed from outside, or the server restarted)",
-            )
+        self.end(self.info.outcome, self.info.reason, self.info.exit_code)
+
+
+def outcome_of(status: ProcStatus) -> tuple[str, str | None]:
+    """Return the terminal state and reason for a process that has ended (pure)."""
+    if status.state == "exited" and status.exit_code == 0:
+        return runinfo.SUCCEEDED, None
+    if status.state == "exited":
+        return runinfo.FAILED, f"the script exited with code {status.exit_code}"
+    return (
+        runinfo.FAILED,
+        "the training process vanished (killed from outside, or the server restarted)",
+    )
