@@ -81,7 +81,9 @@ def render(rows: Sequence[Row]) -> str:
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    out = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  [{r.scenario} {r.metric}] {r.note}" for r in rows if r.note]
     if notes:
@@ -91,6 +93,7 @@ def render(rows: Sequence[Row]) -> str:
 
 def machine() -> dict[str, Any]:
     """Return what the figures depend on: CPU count, kernel, python, rsync and ssh versions."""
+
     def first_line(argv: list[str]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         return (done.stdout or done.stderr).splitlines()[0].strip()

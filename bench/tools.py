@@ -25,7 +25,7 @@ PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-def testbed():  # noqa: ANN201 - the module, imported late so `python -m bench --help` is cheap
+def testbed():  # imported late, so that `python -m bench --help` stays cheap
     """Return the test bed module (``tests/testbed.py``), importing it from the checkout."""
     tests = str(REPO / "tests")
     if tests not in sys.path:

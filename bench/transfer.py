@@ -18,8 +18,17 @@ from agent.hosts.shell import ShellHost
 from agent.hosts.ssh import SshTransport
 from bench.plan import MIB, Plan
 from bench.report import Row
-from bench.tools import CountingRelay, Login, chown_tree, login_for, make_code_tree, median, run
-from bench.tools import timed, write_random
+from bench.tools import (
+    CountingRelay,
+    Login,
+    chown_tree,
+    login_for,
+    make_code_tree,
+    median,
+    run,
+    timed,
+    write_random,
+)
 
 EXCLUDE = (".git/", "__pycache__/", "*.pyc")
 
@@ -97,7 +106,7 @@ def mirror_checkpoints(server: object, tmp: Path, plan: Plan) -> list[Row]:
             b_scp += relay.settled_total() - before
     mirrored = sorted(p.name for p in dest.iterdir())
     if len(mirrored) != plan.ckpt_cycles:
-        raise RuntimeError(f"scenario 2: {len(mirrored)} checkpoints mirrored, not {plan.ckpt_cycles}")
+        raise RuntimeError(f"scenario 2: only {len(mirrored)} checkpoints were mirrored")
     final = plan.ckpt_cycles * plan.ckpt_bytes
     label = f"2 mirror ({plan.ckpt_cycles} x {plan.ckpt_bytes / MIB:g} MiB ckpts)"
     note = (
@@ -120,30 +129,46 @@ def throughput(server: object, tmp: Path, plan: Plan) -> list[Row]:
     login = login_for(server, server.port, tmp)  # type: ignore[attr-defined]
     drop_rates, ssh_rates = [], []
     for rep in range(plan.repeats):
-        host = ssh_host(server, login, tmp / "state")
         ref = RunRef(f"s3-{rep}", 0)  # a new project: nothing of the file is cached yet
-        drop_rates.append(plan.big_file / timed(lambda: host.upload(ref, code, EXCLUDE)) / MIB)
-        host.close()
-        shutil.rmtree(Path(host.cache_dir(ref.project)).parent)
-
-        target = base / f"pipe-{rep}"
-
-        def pipe() -> None:
-            with open(big, "rb") as src:
-                done = subprocess.run(login.ssh(f"cat > {target}"), stdin=src, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"ssh pipe exited {done.returncode}")
-
-        ssh_rates.append(plan.big_file / timed(pipe) / MIB)
-        if target.stat().st_size != plan.big_file:
-            raise RuntimeError("scenario 3: the ssh pipe did not deliver the whole file")
-        target.unlink()
+        drop_rates.append(plan.big_file / _timed_upload(server, login, tmp, ref, code) / MIB)
+        ssh_rates.append(plan.big_file / _timed_pipe(login, big, base / f"pipe-{rep}") / MIB)
     d, s = median(drop_rates), median(ssh_rates)
     label = f"3 throughput ({plan.big_file // MIB} MiB fresh file)"
     return [
         Row(label, "upload rate", "MiB/s", d, s, ">= 0.8 of the ssh pipe", d >= 0.8 * s,
             f"median of {plan.repeats}; upload time includes connecting and making the run dir"),
     ]  # fmt: skip
+
+
+def _timed_upload(server: object, login: Login, tmp: Path, ref: RunRef, code: Path) -> float:
+    """Upload ``code`` as ``ref`` with a fresh host; remove the project on the server after.
+
+    Returns the upload's wall time in seconds.
+    """
+    host = ssh_host(server, login, tmp / "state")
+    seconds = timed(lambda: host.upload(ref, code, EXCLUDE))
+    host.close()
+    shutil.rmtree(Path(host.cache_dir(ref.project)).parent)
+    return seconds
+
+
+def _timed_pipe(login: Login, big: Path, target: Path) -> float:
+    """Send ``big`` as ``cat big | ssh 'cat > target'``; remove ``target`` after.
+
+    Returns the wall time in seconds. Raises RuntimeError if ssh fails or the file is short.
+    """
+
+    def pipe() -> None:
+        with open(big, "rb") as src:
+            done = subprocess.run(login.ssh(f"cat > {target}"), stdin=src, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"ssh pipe exited {done.returncode}")
+
+    seconds = timed(pipe)
+    if target.stat().st_size != big.stat().st_size:
+        raise RuntimeError("scenario 3: the ssh pipe did not deliver the whole file")
+    target.unlink()
+    return seconds
 
 
 def run_all(tmp: Path, plan: Plan) -> list[Row]:
