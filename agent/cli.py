@@ -48,17 +48,22 @@ def run_folder(config: AgentConfig, project: str, run: str) -> Path:
 
 def cmd_agent(opts: argparse.Namespace) -> int:
     """Serve the share (``--once``: take what is there, finish it, exit)."""
-    from agent.service import make_context, serve
+    from agent.service import make_context, serve, terminate_children
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every command it starts
     config = load_config(opts.config)
-    ctx = make_context(config, logging.getLogger("droprun"))
+    log = logging.getLogger("droprun")
+    ctx = make_context(config, log)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: ctx.stop.set())
-    serve(ctx, once=opts.once)
+        signal.signal(sig, lambda *_: ctx.request_stop())
+    try:
+        serve(ctx, once=opts.once)
+    finally:
+        # An rsync still in flight must not keep the agent alive: its run resumes later.
+        terminate_children(log)
     return 0
 
 

@@ -342,8 +342,9 @@ class RunDriver:
             # Recorded before the clean-up removes the exit status: an agent killed after
             # the clean-up resumes here and must still know how the script ended.
             self.info.outcome, self.info.reason = outcome_of(status)
+        if status.exit_code is not None:
             self.info.exit_code = status.exit_code
-            self.save()
+        self.save()
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
         self.end(self.info.outcome, self.info.reason, self.info.exit_code)
 

@@ -21,10 +21,11 @@ class HostQueue:
     def __init__(self, ctx: RunContext, host_name: str) -> None:
         self.ctx = ctx
         self.host = ctx.hosts[host_name]
-        self.queue: queue.Queue[Path] = queue.Queue()
+        self.queue: queue.Queue[Path | None] = queue.Queue()
         self.lock = threading.Lock()
         self.active = 0
         self.pending = 0
+        self.current: dict[int, Path] = {}
         self.idle_since = time.monotonic()
         self.workers = [
             threading.Thread(
@@ -52,23 +53,38 @@ class HostQueue:
     def work(self, slot: int) -> None:
         """Worker loop: take the next run and drive it until terminal or stop."""
         while not self.ctx.stop.is_set():
-            try:
-                run_dir = self.queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            run_dir = self.queue.get()
+            if run_dir is None:  # the agent is stopping
+                return
             with self.lock:
                 self.active += 1
+                self.current[slot] = run_dir
             try:
-                RunDriver(self.ctx, run_dir, slot).drive()
+                with self.ctx.wakeups.registered(run_dir):
+                    RunDriver(self.ctx, run_dir, slot).drive()
             except Exception:  # one run's failure never stops the agent
-                self.ctx.log.exception("%s: the run failed inside the agent", run_dir)
-                _mark_error(self.ctx, run_dir, "the agent hit an internal error; see its log")
+                if self.ctx.stop.is_set():
+                    self.ctx.log.exception("%s: interrupted by the agent's stop", run_dir)
+                else:
+                    self.ctx.log.exception("%s: the run failed inside the agent", run_dir)
+                    _mark_error(self.ctx, run_dir, "the agent hit an internal error; see its log")
             finally:
                 with self.lock:
                     self.active -= 1
                     self.pending -= 1
+                    self.current.pop(slot, None)
                     if self.pending == 0:
                         self.idle_since = time.monotonic()
+
+    def stop(self) -> None:
+        """Tell every worker to return once its current run step ends."""
+        for _ in self.workers:
+            self.queue.put(None)
+
+    def in_progress(self) -> list[Path]:
+        """Return the run folders that workers are driving right now."""
+        with self.lock:
+            return list(self.current.values())
 
     def check_idle(self) -> None:
         """Tell the host how long it has been idle (it may power itself off); cheap."""
@@ -125,9 +141,16 @@ class Scheduler:
         for q in self.queues.values():
             q.check_idle()
 
-    def join(self, timeout: float = 10.0) -> None:
-        """Wait for the workers after ``ctx.stop`` was set."""
+    def join(self, timeout: float = 5.0) -> list[Path]:
+        """Stop the workers (after ``ctx.stop`` was set) and wait up to ``timeout`` s.
+
+        Returns the run folders still in a step (an upload, say) when the time was up: the
+        step is abandoned, the run keeps its state and resumes at the next start.
+        """
+        for q in self.queues.values():
+            q.stop()
         deadline = time.monotonic() + timeout
         for q in self.queues.values():
             for w in q.workers:
                 w.join(max(0.0, deadline - time.monotonic()))
+        return [run_dir for q in self.queues.values() for run_dir in q.in_progress()]

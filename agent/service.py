@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,10 @@ from agent.hosts import open_host
 from agent.problems import UserError
 from agent.runner import RunContext
 from agent.scheduler import Scheduler
+from agent.watcher import Hint, Watcher, WatchLimitError, is_request_name, open_watcher
+
+TICK = 0.5  # s: the longest the main loop sleeps (it notices a stop this fast)
+JOIN_TIMEOUT = 5.0  # s: on stop, how long runs in the middle of a step are waited for
 
 ACTIVE_FIRST = {
     runinfo.FINISHING: 0,
@@ -52,44 +58,68 @@ def share_lock(share_dir: Path) -> Iterator[None]:
 
 
 class Intake:
-    """Finds requests on the share and accepts each one once it has stopped changing."""
+    """Requests seen on the share, each accepted once it has stopped changing.
+
+    Every event about a request (re)starts its settle clock; when ``settle`` seconds pass
+    with no event and the same size and mtime, it is taken. A request that could not be
+    taken for a reason of the share is retried only once it changes.
+    """
 
     def __init__(self, ctx: RunContext, scheduler: Scheduler) -> None:
         self.ctx = ctx
         self.scheduler = scheduler
-        self.seen: dict[Path, tuple[tuple[int, int], float]] = {}
+        self.pending: dict[Path, tuple[tuple[int, int], float]] = {}
+        self.failed: dict[Path, tuple[int, int]] = {}
 
-    def poll(self) -> int:
-        """Accept every settled request; return how many are still settling."""
+    def changed(self, path: Path, now: float) -> None:
+        """An event says ``path`` changed: (re)start its settle clock."""
+        sig = share.signature(path)
+        if sig is None:
+            self.pending.pop(path, None)
+        else:
+            self.pending[path] = (sig, now)
+
+    def seen(self, path: Path, now: float) -> None:
+        """A scan found ``path``: start its settle clock unless it is settling already."""
+        if path in self.pending:
+            return
+        sig = share.signature(path)
+        if sig is not None and self.failed.get(path) != sig:
+            self.pending[path] = (sig, now)
+
+    def forget_failed(self, present: set[Path]) -> None:
+        """Drop the failure records of requests that are gone."""
+        self.failed = {p: sig for p, sig in self.failed.items() if p in present}
+
+    def next_due(self) -> float | None:
+        """Return when the next request may have settled (monotonic), or None."""
+        if not self.pending:
+            return None
+        return min(since for _, since in self.pending.values()) + self.ctx.config.settle
+
+    def take_settled(self, now: float) -> None:
+        """Take every request unchanged for the settle time, oldest mtime first."""
         settle = self.ctx.config.settle
-        now = time.monotonic()
-        present = share.find_requests(self.ctx.config.share)
-        for path in present:
-            sig = share.signature(path)
-            if sig is None:
+        due = [p for p, (_, since) in self.pending.items() if now - since >= settle]
+        for path in sorted(due, key=lambda p: (self.pending[p][0][1], p)):
+            sig, _ = self.pending.pop(path)
+            current = share.signature(path)
+            if current is None:
                 continue
-            previous = self.seen.get(path)
-            if previous is None or previous[0] != sig:
-                # A file untouched for the settle time already is stable on first sight.
-                if time.time() - sig[1] / 1e9 < settle:
-                    self.seen[path] = (sig, now)
-                    continue
-            elif now - previous[1] < settle:
+            if current != sig:
+                self.pending[path] = (current, now)
                 continue
-            self.seen.pop(path, None)
-            self.take(path)
-        for gone in set(self.seen) - set(present):
-            del self.seen[gone]
-        return len(self.seen)
+            self.take(path, sig)
 
-    def take(self, path: Path) -> None:
-        """Accept or reject one settled request; share errors are logged, not fatal."""
+    def take(self, path: Path, sig: tuple[int, int]) -> None:
+        """Accept or reject one settled request; failures are logged, never fatal."""
         try:
             result = share.accept(path, self.ctx.config)
         except FileNotFoundError:
             return  # renamed or deleted by its owner meanwhile
-        except OSError as exc:
-            self.ctx.log.error("%s: cannot take the request: %s", path, exc)
+        except Exception:  # one bad request never stops the agent
+            self.ctx.log.exception("%s: cannot take the request; retried once it changes", path)
+            self.failed[path] = sig
             return
         if isinstance(result, share.Rejected):
             self.ctx.log.warning(
@@ -101,7 +131,15 @@ class Intake:
             return
         info = result.info
         self.ctx.log.info("%s/run_%d: accepted from %s", info.project, info.run, path.name)
-        self.scheduler.submit(result.run_dir, info)
+        try:
+            self.scheduler.submit(result.run_dir, info)
+        except (OSError, runinfo.RunInfoError) as exc:
+            self.ctx.log.error(
+                "%s/run_%d: cannot queue it (%s); it is queued at the next start",
+                info.project,
+                info.run,
+                exc,
+            )
 
 
 def resume(ctx: RunContext, scheduler: Scheduler) -> int:
@@ -130,29 +168,175 @@ def resume(ctx: RunContext, scheduler: Scheduler) -> int:
     return len(pending)
 
 
-def serve(ctx: RunContext, *, once: bool, poll_every: float = 0.5) -> None:
+def requests_in(project: Path) -> list[Path]:
+    """Return the request files directly in ``project`` (none if it is gone)."""
+    try:
+        with os.scandir(project) as entries:
+            return [Path(e.path) for e in entries if is_request_name(e.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+class Agent:
+    """The main loop's state: the intake, the scheduler and the watcher."""
+
+    def __init__(self, ctx: RunContext, scheduler: Scheduler, *, once: bool) -> None:
+        self.ctx = ctx
+        self.root = ctx.config.share
+        self.scheduler = scheduler
+        self.intake = Intake(ctx, scheduler)
+        self.once = once
+        self.hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+        self.watcher: Watcher | None = None
+        self.projects: set[Path] = set()
+
+    def start_watching(self) -> None:
+        """Start the watcher the config asks for (polling if inotify is out of watches)."""
+        self.watcher = open_watcher(self.ctx.config.watch, self.root, self.ctx.log, self.hints)
+
+    def sync_watches(self) -> None:
+        """Watch the project folders and the runs in flight; poll if inotify runs out."""
+        if self.watcher is None:
+            return
+        try:
+            self.watcher.sync_projects(self.projects)
+            self.watcher.sync_runs(self.ctx.wakeups.run_dirs())
+        except WatchLimitError as exc:
+            self.ctx.log.error(
+                "inotify cannot watch all %d project folders (%s); polling the share instead",
+                len(self.projects),
+                exc,
+            )
+            self.watcher.stop()
+            self.watcher = open_watcher("poll", self.root, self.ctx.log, self.hints)
+
+    def rescan(self) -> None:
+        """Look at the whole share: every project folder and every waiting request."""
+        now = time.monotonic()
+        self.projects = set(share.project_dirs(self.root))
+        self.sync_watches()
+        present = share.find_requests(self.root)
+        for path in present:
+            self.intake.seen(path, now)
+        self.intake.forget_failed(set(present))
+
+    def handle(self, hint: Hint) -> None:
+        """Act on one hint from the watcher."""
+        now = time.monotonic()
+        if hint.kind == "request":
+            self.intake.changed(hint.path, now)
+        elif hint.kind == "cancel":
+            self.ctx.wakeups.wake(hint.path)
+        elif hint.kind == "rescan":
+            self.rescan()
+        elif hint.kind == "project_gone":
+            self.projects.discard(hint.path)
+            self.sync_watches()
+        elif hint.path.is_dir() and not hint.path.is_symlink():  # a new project folder
+            self.projects.add(hint.path)
+            self.sync_watches()
+            # Requests written before the watch existed have sent no event.
+            for path in requests_in(hint.path):
+                self.intake.seen(path, now)
+
+    def wait_for_hints(self, timeout: float) -> None:
+        """Handle every hint that arrives within ``timeout`` s (at least the first one)."""
+        try:
+            hint = self.hints.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return
+        while True:
+            self.handle(hint)
+            try:
+                hint = self.hints.get_nowait()
+            except queue.Empty:
+                return
+
+    def loop(self) -> None:
+        """Run until ``ctx.stop`` (or, with ``once``, until nothing is left to do)."""
+        rescan_every = self.ctx.config.rescan
+        next_rescan = time.monotonic() + rescan_every
+        while not self.ctx.stop.is_set():
+            now = time.monotonic()
+            due = self.intake.next_due()
+            wake_at = min(now + TICK, due if due is not None else now + TICK)
+            if not self.once:
+                wake_at = min(wake_at, next_rescan)
+            self.wait_for_hints(wake_at - now)
+            now = time.monotonic()
+            if not self.once and now >= next_rescan:
+                self.rescan()
+                next_rescan = now + rescan_every
+            self.intake.take_settled(now)
+            if self.once and not self.intake.pending and not self.scheduler.busy():
+                return
+            self.sync_watches()
+            self.scheduler.check_idle()
+
+    def close(self) -> None:
+        """Stop the watcher."""
+        if self.watcher is not None:
+            self.watcher.stop()
+
+
+def serve(ctx: RunContext, *, once: bool) -> None:
     """Run the agent on ``ctx.config.share`` until ``ctx.stop`` is set.
 
     With ``once``: take every request there is now, finish every run, and return.
-    Raises UserError if another agent serves the share.
+    On stop, runs in the middle of a step (an upload, say) are left in their state for
+    the next start. Raises UserError if another agent serves the share.
     """
     with share_lock(ctx.config.share):
         scheduler = Scheduler(ctx)
         scheduler.start()
+        agent = Agent(ctx, scheduler, once=once)
         try:
             resume(ctx, scheduler)
-            intake = Intake(ctx, scheduler)
-            while not ctx.stop.is_set():
-                settling = intake.poll()
-                if once and not settling and not scheduler.busy():
-                    break
-                scheduler.check_idle()
-                ctx.stop.wait(poll_every)
+            if not once:
+                agent.start_watching()
+            agent.rescan()
+            agent.loop()
         finally:
-            ctx.stop.set()
-            scheduler.join()
+            ctx.request_stop()
+            agent.close()
+            for run_dir in scheduler.join(JOIN_TIMEOUT):
+                ctx.log.info("%s: stopped in the middle of a step; resumed at next start", run_dir)
             for host in ctx.hosts.values():
                 host.close()
+
+
+def child_pids() -> list[int]:
+    """Return the pids of this process's children (read from /proc)."""
+    me = str(os.getpid())
+    children = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+        if fields[1] == me:
+            children.append(int(entry.name))
+    return children
+
+
+def terminate_children(log: logging.Logger) -> list[int]:
+    """SIGTERM every child process left (an rsync in flight); return their pids.
+
+    For the agent process only, after :func:`serve` returned: its children are its own
+    rsync and helper commands. Training processes are never among them (they run in
+    their own session, reparented away from the agent once launched).
+    """
+    pids = child_pids()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        log.info("stopped child process %d (a step left for the next start)", pid)
+    return pids
 
 
 def make_context(config: AgentConfig, log: logging.Logger) -> RunContext:

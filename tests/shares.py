@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +116,86 @@ def write_ssh_config(
             f"{host_extra}\n"
         )
     return path
+
+
+AGENT_DEADLINE = 60.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+class AgentProcess:
+    """``python -m agent agent --config F`` as a real process; its stderr goes to ``log``."""
+
+    def __init__(self, config: Path, log: Path, wrapper: tuple[str, ...] = ()) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*wrapper, sys.executable, "-m", "agent", "agent", "--config", str(config)],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+
+    @property
+    def pid(self) -> int:
+        """The agent's pid."""
+        return self.proc.pid
+
+    def text(self) -> str:
+        """Everything the agent has logged so far (this and earlier runs into ``log``)."""
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the agent."""
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = AGENT_DEADLINE) -> int:
+        """Wait for the agent to exit; fail (after killing it) if it does not in time."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"the agent did not exit within {timeout} s:\n{self.text()}"
+            ) from None
+
+    def kill9(self) -> None:
+        """``kill -9`` the agent and reap it."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=AGENT_DEADLINE)
+
+    def stop(self) -> None:
+        """SIGTERM the agent if it still runs and wait for it (for teardown)."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            self.wait()
+
+
+def wait_for(what: str, check: Callable[[], Any], deadline: float = AGENT_DEADLINE) -> Any:
+    """Poll ``check`` until it returns something true; return it, or fail naming ``what``."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {deadline} s waiting for {what}")
+
+
+def state_of(project: Path, run: int = 0) -> str | None:
+    """Return the state in run ``run``'s run.info, or None while there is none (yet)."""
+    try:
+        return info(project, run).state
+    except runinfo.RunInfoError:
+        return None
+
+
+def wait_state(project: Path, run: int, *states: str, deadline: float = AGENT_DEADLINE) -> str:
+    """Wait until run ``run`` of ``project`` is in one of ``states``; return that state."""
+    found = wait_for(
+        f"{project.name}/run_{run} to be {' or '.join(states)}",
+        lambda: state_of(project, run) in states and state_of(project, run),
+        deadline,
+    )
+    return str(found)

@@ -1,0 +1,321 @@
+"""Notices changes on the share and turns them into hints for the agent's intake.
+
+Events are only hints: the intake confirms every request by its size and mtime, and a full
+rescan catches anything missed. Two kinds of watcher:
+
+- :class:`InotifyWatcher`: one inotify instance (watchdog's ``InotifyFD``, one reader
+  thread) with one watch on the share root, one on each project folder (never recursive:
+  ``results/`` and ``bin/`` would eat the kernel's watch budget) and one on each run in
+  flight (a ``cancel`` file wakes its driver). watchdog's ``Observer`` would start one
+  emitter thread and one inotify instance per folder: 1,000 projects would be 1,000
+  threads and hit the default limit of 128 inotify instances per user.
+- :class:`PollWatcher`: watchdog's polling observer with a single emitter that lists only
+  the share root and the files directly in each project folder, for network mounts where
+  inotify sees nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    WatchDescriptor,
+)
+from watchdog.observers.polling import PollingObserverVFS
+
+from agent.share import REQUEST_SUFFIX, is_junk
+
+HintKind = Literal["request", "project", "project_gone", "cancel", "rescan"]
+CANCEL_NAME = "cancel"
+POLL_INTERVAL = 1.0
+LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """Something may have changed: a request file, a project folder, a run's cancel file."""
+
+    kind: HintKind
+    path: Path
+
+
+class WatchLimitError(OSError):
+    """The kernel's inotify watch or instance limit is reached."""
+
+
+def is_request_name(name: str) -> bool:
+    """Return True if ``name`` is a request file name the agent takes (pure)."""
+    return name.endswith(REQUEST_SUFFIX) and not name.startswith(".") and not is_junk(name)
+
+
+def is_project_name(name: str) -> bool:
+    """Return True if a folder called ``name`` directly under the share may be a project."""
+    return not name.startswith(".") and not is_junk(name)
+
+
+class Watcher(Protocol):
+    """Posts :class:`Hint` objects to ``hints`` from its own thread."""
+
+    hints: queue.SimpleQueue[Hint]
+
+    def start(self) -> None:
+        """Start watching the share root."""
+        ...
+
+    def sync_projects(self, projects: Iterable[Path]) -> None:
+        """Watch exactly these project folders. Raises WatchLimitError."""
+        ...
+
+    def sync_runs(self, run_dirs: Iterable[Path]) -> None:
+        """Watch exactly these run folders (runs in flight). Raises WatchLimitError."""
+        ...
+
+    def stop(self) -> None:
+        """Stop watching and release the threads and descriptors."""
+        ...
+
+
+# -- inotify -----------------------------------------------------------------------------
+
+
+class InotifyWatcher:
+    """Every watch on one inotify instance read by one thread."""
+
+    def __init__(self, share: Path, hints: queue.SimpleQueue[Hint]) -> None:
+        C = InotifyConstants
+        self.share = share
+        self.hints = hints
+        self._fd: InotifyFD | None = None
+        self._lock = threading.Lock()
+        # path -> (wd, callback id); wd -> (kind of folder, path). The reader thread reads
+        # the second map, the agent's main thread changes both.
+        self._by_path: dict[Path, tuple[WatchDescriptor, CallbackId]] = {}
+        self._by_wd: dict[WatchDescriptor, tuple[str, Path]] = {}
+        self._next_id = 0
+        self._masks = {
+            "share": C.IN_CREATE | C.IN_MOVED_TO | C.IN_MOVED_FROM | C.IN_DELETE | C.IN_ONLYDIR,
+            "project": C.IN_CREATE
+            | C.IN_MODIFY
+            | C.IN_ATTRIB
+            | C.IN_CLOSE_WRITE
+            | C.IN_MOVED_TO
+            | C.IN_MOVED_FROM
+            | C.IN_DELETE
+            | C.IN_ONLYDIR,
+            "run": C.IN_CREATE | C.IN_MOVED_TO | C.IN_ONLYDIR,
+        }
+
+    def start(self) -> None:
+        """Open the inotify instance and watch the share root. Raises WatchLimitError."""
+        try:
+            self._fd = InotifyFD()
+        except OSError as exc:
+            raise _limit_or_raise(exc) from exc
+        self._fd.daemon = True
+        self._fd.start()
+        self._add("share", self.share)
+
+    def _add(self, kind: str, path: Path) -> None:
+        """Watch ``path``; a folder that vanished meanwhile is left out. Raises WatchLimitError."""
+        assert self._fd is not None
+        with self._lock:
+            if path in self._by_path:
+                return
+            self._next_id += 1
+            cid = self._next_id
+        try:
+            wd = self._fd.add_callback(os.fsencode(path), self._masks[kind], self, CallbackId(cid))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return
+            raise _limit_or_raise(exc) from exc
+        with self._lock:
+            self._by_path[path] = (wd, cid)
+            self._by_wd[wd] = (kind, path)
+
+    def _remove(self, path: Path) -> None:
+        """Stop watching ``path`` (no-op if it is not watched)."""
+        assert self._fd is not None
+        with self._lock:
+            entry = self._by_path.pop(path, None)
+            if entry is None:
+                return
+            self._by_wd.pop(entry[0], None)
+        self._fd.remove_callbacks([entry])
+
+    def _sync(self, kind: str, paths: Iterable[Path]) -> None:
+        """Make the watched folders of ``kind`` exactly ``paths``. Raises WatchLimitError."""
+        wanted = set(paths)
+        with self._lock:
+            have = {path for kind_, path in self._by_wd.values() if kind_ == kind}
+        for gone in have - wanted:
+            self._remove(gone)
+        for new in sorted(wanted - have):
+            self._add(kind, new)
+
+    def sync_projects(self, projects: Iterable[Path]) -> None:
+        """Watch exactly ``projects`` (besides the share root). Raises WatchLimitError."""
+        self._sync("project", projects)
+
+    def sync_runs(self, run_dirs: Iterable[Path]) -> None:
+        """Watch exactly ``run_dirs`` for a ``cancel`` file. Raises WatchLimitError."""
+        self._sync("run", run_dirs)
+
+    def watched(self) -> int:
+        """Return how many folders are watched."""
+        with self._lock:
+            return len(self._by_path)
+
+    def stop(self) -> None:
+        """Close the inotify instance (its reader thread ends)."""
+        if self._fd is not None:
+            self._fd.stop()
+            self._fd = None
+
+    # -- called by InotifyFD's reader thread ------------------------------------------------
+
+    def on_event(self, event: InotifyEvent) -> None:
+        """Turn one inotify event into a hint (cheap: no file system access)."""
+        with self._lock:
+            kind, folder = self._by_wd.get(event.wd, ("", None))
+        if folder is None or not event.name:
+            return
+        name = os.fsdecode(event.name)
+        path = folder / name
+        if kind == "share" and event.is_directory and is_project_name(name):
+            gone = event.is_delete or event.is_moved_from
+            self.hints.put(Hint("project_gone" if gone else "project", path))
+        elif kind == "project" and not event.is_directory and is_request_name(name):
+            self.hints.put(Hint("request", path))
+        elif kind == "run" and name == CANCEL_NAME:
+            self.hints.put(Hint("cancel", folder))
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        """Forget a watch whose folder was deleted; the next rescan settles the rest."""
+        with self._lock:
+            _, path = self._by_wd.pop(wd, ("", None))
+            if path is not None:
+                self._by_path.pop(path, None)
+
+    def on_queue_overflow(self) -> None:
+        """Events were lost: ask for a full rescan."""
+        self.hints.put(Hint("rescan", self.share))
+
+
+def _limit_or_raise(exc: OSError) -> OSError:
+    """Return a WatchLimitError for the kernel's limits, else ``exc`` itself."""
+    if exc.errno in LIMIT_ERRNOS:
+        return WatchLimitError(exc.errno, f"{exc.strerror} (fs.inotify limits)")
+    return exc
+
+
+# -- polling -----------------------------------------------------------------------------
+
+
+class _ShallowLister:
+    """``listdir`` for watchdog's snapshots: the share root's folders, each project's requests."""
+
+    def __init__(self, share: Path) -> None:
+        self.share = os.fspath(share)
+
+    def __call__(self, path: str | None) -> Iterator[os.DirEntry[str]]:
+        assert path is not None
+        parent = os.path.dirname(path)
+        with os.scandir(path) as entries:
+            if path == self.share:
+                wanted = [e for e in entries if is_project_name(e.name)]
+            elif parent == self.share:
+                wanted = [e for e in entries if is_request_name(e.name)]
+            else:
+                wanted = []
+        return iter(wanted)
+
+
+class _PollHandler(FileSystemEventHandler):
+    """Maps the polling observer's events to hints."""
+
+    def __init__(self, share: Path, hints: queue.SimpleQueue[Hint]) -> None:
+        self.share = share
+        self.hints = hints
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        """Post a hint for a changed request or a new or removed project folder."""
+        paths = [os.fsdecode(event.src_path)]
+        if isinstance(event, FileSystemMovedEvent):
+            paths.append(os.fsdecode(event.dest_path))
+        for i, raw in enumerate(paths):
+            path = Path(raw)
+            if path.parent == self.share and event.is_directory:
+                gone = event.event_type == "deleted" or (event.event_type == "moved" and i == 0)
+                self.hints.put(Hint("project_gone" if gone else "project", path))
+            elif path.parent.parent == self.share and is_request_name(path.name):
+                self.hints.put(Hint("request", path))
+
+
+class PollWatcher:
+    """watchdog's polling observer with a single emitter over the share (two threads)."""
+
+    def __init__(
+        self, share: Path, hints: queue.SimpleQueue[Hint], interval: float = POLL_INTERVAL
+    ) -> None:
+        self.share = share
+        self.hints = hints
+        self.observer = PollingObserverVFS(
+            os.stat, _ShallowLister(share), polling_interval=interval
+        )
+        self.observer.daemon = True
+
+    def start(self) -> None:
+        """Take the first snapshot and start polling."""
+        self.observer.schedule(
+            _PollHandler(self.share, self.hints), os.fspath(self.share), recursive=True
+        )
+        self.observer.start()
+
+    def sync_projects(self, projects: Iterable[Path]) -> None:
+        """Nothing to do: every snapshot lists every project folder."""
+
+    def sync_runs(self, run_dirs: Iterable[Path]) -> None:
+        """Nothing to do: a running driver looks for ``cancel`` every few seconds anyway."""
+
+    def stop(self) -> None:
+        """Stop the observer and wait for its threads."""
+        self.observer.stop()
+        self.observer.join(timeout=5.0)
+
+
+def open_watcher(
+    mode: Literal["inotify", "poll"],
+    share: Path,
+    log: logging.Logger,
+    hints: queue.SimpleQueue[Hint] | None = None,
+) -> InotifyWatcher | PollWatcher:
+    """Start the watcher for ``mode``; fall back to polling if inotify is out of watches.
+
+    Hints go to ``hints`` (a new queue if not given), also the returned watcher's ``hints``.
+    """
+    hints = queue.SimpleQueue() if hints is None else hints
+    if mode == "inotify":
+        watcher = InotifyWatcher(share, hints)
+        try:
+            watcher.start()
+            return watcher
+        except WatchLimitError as exc:
+            watcher.stop()
+            log.error("cannot watch %s with inotify (%s); polling instead", share, exc)
+    poller = PollWatcher(share, hints)
+    poller.start()
+    return poller
