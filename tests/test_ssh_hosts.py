@@ -1,0 +1,310 @@
+"""ssh hosts through the whole agent: host keys, reachability, waking, power, GPU names."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import runinfo
+from agent.hosts.base import RunRef
+from agent.hosts.shell import ShellHost
+from agent.hosts.ssh import SshTransport, make_control_dir
+from agent.service import make_context, serve
+from agent.settings import load_agent_config
+
+from shares import drop, info, make_project, run_once, write_ssh_config
+from testbed import (
+    SshServer,
+    free_port,
+    keygen,
+    kill_sshd_sessions,
+    known_hosts_name,
+    require_tool,
+    stop_process,
+    wait_listening,
+)
+
+DEADLINE = 60.0
+MAC = "0a:1b:2c:3d:4e:5f"
+# Waits for a "go" file so that a test can act while the run is surely running.
+WAIT_FOR_GO = "#!/bin/sh\nmkdir -p output\necho started\nwhile [ ! -f go ]; do sleep 0.1; done\n"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """The test's agent root; removes the ssh control dir that the agent makes under /tmp."""
+    yield tmp_path
+    control_dir = make_control_dir(tmp_path / "state", os.geteuid())
+    if control_dir.parent == Path("/tmp") and control_dir.exists():
+        shutil.rmtree(control_dir)
+
+
+def poll(what: str, check: Callable[[], bool], deadline: float = DEADLINE) -> None:
+    """Call ``check`` until it returns True; fail after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def extra_sshd(
+    server: SshServer, port: int, *, host_key: Path | None = None, config_extra: str = ""
+) -> Iterator[Path]:
+    """Run a second sshd like ``server`` (same user, user key) on ``port``; yield its log.
+
+    ``host_key`` replaces the server's host key; ``config_extra`` is appended to the config.
+    """
+    work = server.tmp / f"extra-{secrets.token_hex(4)}"
+    work.mkdir()
+    text = (server.tmp / "sshd_config").read_text()
+    text = text.replace(f"PidFile {server.tmp}/sshd.pid", f"PidFile {work}/sshd.pid")
+    if host_key is not None:
+        text = text.replace(f"HostKey {server.tmp}/host_key", f"HostKey {host_key}")
+    (work / "sshd_config").write_text(text + config_extra)
+    log = work / "sshd.log"
+    argv = [require_tool("sshd"), "-D", "-e", "-f", str(work / "sshd_config"), "-p", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        wait_listening(proc, server.address, port, log, "extra sshd")
+        yield log
+    finally:
+        kill_sshd_sessions(proc.pid)
+        stop_process(proc)
+
+
+def known_hosts_for(path: Path, server: SshServer, port: int) -> Path:
+    """Write a known_hosts file naming ``server``'s real host key on ``port``."""
+    path.write_text(f"{known_hosts_name(server.address, port)} {server.host_public_key}\n")
+    return path
+
+
+def client_ports(log_text: str) -> set[str]:
+    """Return the client ports that sshd's log names (one per connection attempt)."""
+    return set(re.findall(r"from 127\.0\.0\.1 port (\d+)|by 127\.0\.0\.1 port (\d+)", log_text))
+
+
+def states(project: Path, run: int = 0) -> list[str]:
+    """Return the states of a run's history, in order."""
+    return [h["state"] for h in info(project, run).history]
+
+
+def test_wrong_host_key_is_an_error_at_once(root: Path, sshd_server: SshServer) -> None:
+    other = keygen(root / "other_host_key")
+    known_hosts = sshd_server.write_known_hosts(root / "known_hosts", other)
+    config = write_ssh_config(
+        root, sshd_server, known_hosts=known_hosts, host_extra='wake_timeout = "10m"'
+    )
+    project = make_project(root / "share", "proj", {"run.sh": "#!/bin/sh\necho hi\n"})
+    log = sshd_server.tmp / "sshd.log"
+    before = log.read_text()
+    drop(project, "")
+    run_once(config)  # would take 10 minutes if it waited for the host
+
+    result = info(project)
+    assert result.state == runinfo.ERROR
+    assert "host key" in (result.reason or "").lower() and "gpu" in (result.reason or "")
+    assert "waking" not in states(project)
+    attempts = client_ports(log.read_text()[len(before) :])
+    assert len(attempts) == 1, log.read_text()
+    assert known_hosts.read_text().count("\n") == 1  # nothing was added
+
+
+def test_unreachable_port_is_an_error_after_wake_timeout(
+    root: Path, sshd_server: SshServer
+) -> None:
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        port = int(bound.getsockname()[1])
+        config = write_ssh_config(root, sshd_server, port=port, host_extra='wake_timeout = "2s"')
+        project = make_project(root / "share", "proj", {"run.sh": "#!/bin/sh\necho hi\n"})
+        drop(project, "")
+        run_once(config)
+
+    result = info(project)
+    assert result.state == runinfo.ERROR
+    assert states(project) == ["accepted", "queued", "waking", "error"]
+    reason = result.reason or ""
+    assert "gpu" in reason and "wake_timeout" in reason and str(port) in reason, reason
+
+
+def test_wake_on_lan_then_the_server_comes_up_late(root: Path, sshd_server: SshServer) -> None:
+    port = free_port()
+    known_hosts = known_hosts_for(root / "known_hosts", sshd_server, port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.settimeout(DEADLINE)
+        wake_port = int(listener.getsockname()[1])
+        config = write_ssh_config(
+            root,
+            sshd_server,
+            port=port,
+            known_hosts=known_hosts,
+            host_extra=(
+                f'wake_mac = "{MAC}"\nwake_broadcast = "127.0.0.1"\nwake_port = {wake_port}\n'
+                'wake_timeout = "1m"\n'
+            ),
+        )
+        project = make_project(root / "share", "proj", {"run.sh": "#!/bin/sh\necho awake\n"})
+        packets: list[bytes] = []
+        with contextlib.ExitStack() as stack:
+
+            def power_on_when_woken() -> None:
+                packets.append(listener.recv(1024))
+                stack.enter_context(extra_sshd(sshd_server, port))
+
+            waker = threading.Thread(target=power_on_when_woken, daemon=True)
+            waker.start()
+            drop(project, "")
+            run_once(config)
+            waker.join(timeout=DEADLINE)
+
+    assert packets[0] == bytes.fromhex("ff" * 6 + "0a1b2c3d4e5f" * 16)
+    result = info(project)
+    assert result.state == runinfo.SUCCEEDED, result.reason
+    assert states(project)[:4] == ["accepted", "queued", "waking", "uploading"]
+    assert "awake" in (project / "results" / "run_0" / "log.log").read_text()
+
+
+def test_changed_host_key_mid_run_is_never_accepted(root: Path, sshd_server: SshServer) -> None:
+    port = free_port()
+    known_hosts = known_hosts_for(root / "known_hosts", sshd_server, port)
+    config = write_ssh_config(root, sshd_server, port=port, known_hosts=known_hosts)
+    project = make_project(root / "share", "proj", {"run.sh": WAIT_FOR_GO})
+    run_dir = project / "results" / "run_0"
+    impostor_key = root / "impostor_key"
+    keygen(impostor_key)
+    known_before = known_hosts.read_text()
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(extra_sshd(sshd_server, port))
+
+        def swap_server_when_running() -> None:
+            log = run_dir / "log.log"
+            poll("the run to start", lambda: log.exists() and "started" in log.read_text())
+            stack.close()  # the real server and every session go away ...
+            stack.enter_context(extra_sshd(sshd_server, port, host_key=impostor_key))
+
+        swapper = threading.Thread(target=swap_server_when_running, daemon=True)
+        swapper.start()
+        drop(project, "")
+        run_once(config)
+        swapper.join(timeout=DEADLINE)
+
+    result = info(project)
+    assert result.state == runinfo.ERROR
+    assert "host key CHANGED" in (result.reason or ""), result.reason
+    assert known_hosts.read_text() == known_before
+
+
+def test_power_off_once_per_idle_period(root: Path, sshd_server: SshServer) -> None:
+    marks = sshd_server.base / "power.log"
+    config = write_ssh_config(
+        root,
+        sshd_server,
+        host_extra=(
+            "shutdown_after = 1\n"
+            f"shutdown_command = \"echo off >> '{marks}'\"\n"
+            f"cancel_shutdown_command = \"echo cancel >> '{marks}'\"\n"
+        ),
+    )
+    project = make_project(root / "share", "proj", {"run.sh": "#!/bin/sh\necho hi\n"})
+    ctx = make_context(load_agent_config(config), logging.getLogger("droprun.test"))
+    agent = threading.Thread(target=serve, args=(ctx,), kwargs={"once": False}, daemon=True)
+    agent.start()
+    try:
+        poll("the first power-off", lambda: marks.exists() and marks.read_text() == "off\n")
+        time.sleep(2.0)  # four more ticks of an idle agent: no second power-off
+        assert marks.read_text() == "off\n"
+        drop(project, "")
+        done = project / "results" / "run_0" / "run.info"
+        poll("the run", lambda: done.exists() and info(project).terminal)
+        assert info(project).state == runinfo.SUCCEEDED
+        poll("the second power-off", lambda: marks.read_text() == "off\ncancel\noff\n")
+        time.sleep(2.0)
+        assert marks.read_text() == "off\ncancel\noff\n"
+    finally:
+        ctx.stop.set()
+        agent.join(timeout=DEADLINE)
+    assert not agent.is_alive()
+
+
+def test_idle_for_is_cheap_below_the_threshold_and_fires_once(
+    root: Path, sshd_server: SshServer
+) -> None:
+    marks = sshd_server.base / "power.log"
+    config = sshd_server.host_config(shutdown_after=60, shutdown_command=f"echo off >> '{marks}'")
+    host = ShellHost(config, SshTransport(config, root / "state"))
+    try:
+        for seconds in (1.0, 30.0, 59.9):
+            host.idle_for(seconds)
+        assert host.transport._client is None  # type: ignore[attr-defined]  # never connected
+        for seconds in (60.0, 61.0, 500.0, 10_000.0):
+            host.idle_for(seconds)
+        assert marks.read_text() == "off\n"
+        host.idle_for(0.5)  # a run came and went: a new idle period
+        host.idle_for(60.0)
+        host.idle_for(61.0)
+        assert marks.read_text() == "off\noff\n"
+    finally:
+        host.close()
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# A stand-in for nvidia-smi: answers --query-gpu=name, honours -i.
+names="NVIDIA A100-SXM4-80GB
+NVIDIA GeForce RTX 4090"
+ids=
+while [ $# -gt 0 ]; do [ "$1" = -i ] && ids=$2; shift; done
+[ -z "$ids" ] && { echo "$names"; exit 0; }
+for i in $(echo "$ids" | tr , ' '); do echo "$names" | sed -n "$((i + 1))p"; done
+"""
+
+
+def test_gpu_names_and_cuda_devices_of_the_slot(root: Path, sshd_server: SshServer) -> None:
+    tools = sshd_server.base / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (tools / "nvidia-smi").chmod(0o755)
+    port = free_port()
+    known_hosts = known_hosts_for(root / "known_hosts", sshd_server, port)
+    config = write_ssh_config(
+        root, sshd_server, port=port, known_hosts=known_hosts, host_extra='gpus = ["1"]'
+    )
+    project = make_project(
+        root / "share", "proj", {"run.sh": '#!/bin/sh\necho "cuda=$CUDA_VISIBLE_DEVICES"\n'}
+    )
+    drop(project, "")
+    # The server's PATH has the fake nvidia-smi, as a real GPU server's PATH has the real one.
+    with extra_sshd(sshd_server, port, config_extra=f"SetEnv PATH={tools}:/usr/bin:/bin\n"):
+        run_once(config)
+    result = info(project)
+    assert result.state == runinfo.SUCCEEDED, result.reason
+    assert result.gpu_names == ["NVIDIA GeForce RTX 4090"]
+    assert "cuda=1" in (project / "results" / "run_0" / "log.log").read_text()
+
+
+def test_no_nvidia_smi_means_no_gpu_names(root: Path, sshd_server: SshServer) -> None:
+    host = ShellHost(sshd_server.host_config(), SshTransport(sshd_server.host_config(), root))
+    try:
+        assert host.gpu_names() is None
+        assert host.gpu_names("0") is None
+        assert host.remote_dir(RunRef("p", 1)).endswith("/p/run_1")
+    finally:
+        host.close()
