@@ -264,3 +264,17 @@ def test_a_dropped_connection_mid_run_is_survived(root: Path, sshd_server: SshSe
     assert result.state == runinfo.SUCCEEDED, result.reason
     assert "finished" in (run_dir / "log.log").read_text()
     assert (run_dir / "output" / "result.txt").read_text() == "done\n"
+
+
+def test_two_runs_of_one_project_at_once_share_the_cache(
+    root: Path, sshd_server: SshServer
+) -> None:
+    config = write_ssh_config(root, sshd_server, slots=2)
+    files = {"run.sh": TRAIN} | {f"lib/m{i}.py": f"x = {i}\n" * 500 for i in range(50)}
+    project = make_project(root / "share", "proj", files)
+    drop(project, 'name = "a"\n', "a.request")
+    drop(project, 'name = "b"\n', "b.request")
+    run_once(config)
+    for run in (0, 1):
+        assert info(project, run).state == runinfo.SUCCEEDED, info(project, run).reason
+        assert len(list((project / "results" / f"run_{run}" / "output").iterdir())) == 3

@@ -108,6 +108,8 @@ class ShellHost:
         self._power_lock = threading.Lock()
         self._powered_off = False
         self._last_idle = 0.0
+        self._locks_lock = threading.Lock()
+        self._cache_locks: dict[str, threading.Lock] = {}
 
     # -- paths -------------------------------------------------------------------------
 
@@ -247,16 +249,24 @@ class ShellHost:
     def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> int:
         """rsync ``bin_dir`` into the cache, make the run dir from it; return bytes sent."""
         cache = self.cache_dir(ref.project)
-        self._helper("mkdir", posixpath.dirname(cache))
         argv = make_upload_argv(
             str(bin_dir),
             self.transport.rsync_target(cache),
             exclude,
             self.transport.rsync_shell(),
         )
-        stats = run_rsync(argv, timeout=self.rsync_timeout)
-        self._helper("prepare", cache, self.remote_dir(ref))
+        # Runs of one project in several slots share the cache: one rsync into it at a
+        # time, and no copy out of it while another rsync renames files in it.
+        with self._cache_lock(ref.project):
+            self._helper("mkdir", posixpath.dirname(cache))
+            stats = run_rsync(argv, timeout=self.rsync_timeout)
+            self._helper("prepare", cache, self.remote_dir(ref))
         return stats.bytes_sent
+
+    def _cache_lock(self, project: str) -> threading.Lock:
+        """Return the lock that serialises uploads into ``project``'s cache."""
+        with self._locks_lock:
+            return self._cache_locks.setdefault(project, threading.Lock())
 
     def launch(self, ref: RunRef, spec: LaunchSpec) -> int:
         """Write the launcher into the run dir and start it once; return its pid."""
