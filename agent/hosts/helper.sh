@@ -74,8 +74,10 @@ do_launch() {  # launch RUNDIR: start .droprun/launch.sh once, detached; print i
     fi
     waited=0
     while [ ! -s .droprun/pid ]; do
-        [ "$waited" -lt 100 ] || die 4 "launched, but no pid was recorded within 20 s"
-        pause
+        [ "$waited" -lt 1000 ] || die 4 "launched, but no pid was recorded within 20 s"
+        # The launcher writes its pid within milliseconds: poll finely (whole
+        # seconds where sleep takes no fractions, which also ends the loop in time).
+        sleep 0.02 2>/dev/null || { sleep 1; waited=$((waited + 49)); }
         waited=$((waited + 1))
     done
     cat .droprun/pid
