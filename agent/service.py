@@ -21,6 +21,7 @@ from agent.scheduler import Scheduler
 from agent.watcher import Hint, Watcher, WatchLimitError, is_request_name, open_watcher
 
 TICK = 0.5  # s: the longest the main loop sleeps (it notices a stop this fast)
+OPEN_LIMIT = 300.0  # s: a request open this long with no change is taken all the same
 JOIN_TIMEOUT = 5.0  # s: on stop, how long runs in the middle of a step are waited for
 
 ACTIVE_FIRST = {
@@ -61,23 +62,36 @@ class Intake:
     """Requests seen on the share, each accepted once it has stopped changing.
 
     Every event about a request (re)starts its settle clock; when ``settle`` seconds pass
-    with no event and the same size and mtime, it is taken. A request that could not be
-    taken for a reason of the share is retried only once it changes.
+    with no event and the same size and mtime, it is taken. A file that inotify saw opened
+    and not yet closed is still being written (an SMB client may hold all of a small file
+    until its close): it waits for the close, then settles, or ``OPEN_LIMIT`` s if the
+    close event never comes. A request that could not be taken for a reason of the share
+    is retried only once it changes.
     """
 
     def __init__(self, ctx: RunContext, scheduler: Scheduler) -> None:
         self.ctx = ctx
         self.scheduler = scheduler
         self.pending: dict[Path, tuple[tuple[int, int], float]] = {}
+        self.writing: set[Path] = set()
         self.failed: dict[Path, tuple[int, int]] = {}
 
-    def changed(self, path: Path, now: float) -> None:
-        """An event says ``path`` changed: (re)start its settle clock."""
+    def changed(self, path: Path, now: float, writing: bool | None = None) -> None:
+        """An event says ``path`` changed (opened if ``writing``): restart its settle clock."""
+        if writing:
+            self.writing.add(path)
+        elif writing is False:
+            self.writing.discard(path)
         sig = share.signature(path)
         if sig is None:
             self.pending.pop(path, None)
+            self.writing.discard(path)
         else:
             self.pending[path] = (sig, now)
+
+    def wait_of(self, path: Path) -> float:
+        """Return how long ``path`` must stay unchanged before it is taken."""
+        return OPEN_LIMIT if path in self.writing else self.ctx.config.settle
 
     def seen(self, path: Path, now: float) -> None:
         """A scan found ``path``: start its settle clock unless it is settling already."""
@@ -95,20 +109,23 @@ class Intake:
         """Return when the next request may have settled (monotonic), or None."""
         if not self.pending:
             return None
-        return min(since for _, since in self.pending.values()) + self.ctx.config.settle
+        return min(since + self.wait_of(p) for p, (_, since) in self.pending.items())
 
     def take_settled(self, now: float) -> None:
-        """Take every request unchanged for the settle time, oldest mtime first."""
-        settle = self.ctx.config.settle
-        due = [p for p, (_, since) in self.pending.items() if now - since >= settle]
+        """Take every request unchanged for its wait, oldest mtime first."""
+        due = [p for p, (_, since) in self.pending.items() if now - since >= self.wait_of(p)]
         for path in sorted(due, key=lambda p: (self.pending[p][0][1], p)):
             sig, _ = self.pending.pop(path)
             current = share.signature(path)
             if current is None:
+                self.writing.discard(path)
                 continue
             if current != sig:
                 self.pending[path] = (current, now)
                 continue
+            if path in self.writing:
+                self.ctx.log.warning("%s: open for %g s with no change; taken", path, OPEN_LIMIT)
+                self.writing.discard(path)
             self.take(path, sig)
 
     def take(self, path: Path, sig: tuple[int, int]) -> None:
@@ -224,10 +241,11 @@ class Agent:
         """Act on one hint from the watcher."""
         now = time.monotonic()
         if hint.kind == "request":
-            self.intake.changed(hint.path, now)
+            self.intake.changed(hint.path, now, hint.writing)
         elif hint.kind == "cancel":
             self.ctx.wakeups.wake(hint.path)
-        elif hint.kind == "rescan":
+        elif hint.kind == "rescan":  # events were lost, open/close ones too
+            self.intake.writing.clear()
             self.rescan()
         elif hint.kind == "project_gone":
             self.projects.discard(hint.path)

@@ -46,10 +46,15 @@ LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
 
 @dataclass(frozen=True)
 class Hint:
-    """Something may have changed: a request file, a project folder, a run's cancel file."""
+    """Something may have changed: a request file, a project folder, a run's cancel file.
+
+    ``writing``: for a request, True if it was just opened, False if just closed, None if
+    the watcher cannot tell.
+    """
 
     kind: HintKind
     path: Path
+    writing: bool | None = None
 
 
 class WatchLimitError(OSError):
@@ -108,6 +113,8 @@ class InotifyWatcher:
         self._masks = {
             "share": C.IN_CREATE | C.IN_MOVED_TO | C.IN_MOVED_FROM | C.IN_DELETE | C.IN_ONLYDIR,
             "project": C.IN_CREATE
+            | C.IN_OPEN
+            | C.IN_CLOSE_NOWRITE
             | C.IN_MODIFY
             | C.IN_ATTRIB
             | C.IN_CLOSE_WRITE
@@ -199,7 +206,12 @@ class InotifyWatcher:
             gone = event.is_delete or event.is_moved_from
             self.hints.put(Hint("project_gone" if gone else "project", path))
         elif kind == "project" and not event.is_directory and is_request_name(name):
-            self.hints.put(Hint("request", path))
+            writing: bool | None = None
+            if event.is_open:
+                writing = True
+            elif event.is_close_write or event.is_close_nowrite:
+                writing = False
+            self.hints.put(Hint("request", path, writing))
         elif kind == "run" and name == CANCEL_NAME:
             self.hints.put(Hint("cancel", folder))
 

@@ -17,14 +17,24 @@ from agent import runinfo
 from agent.settings import load_agent_config
 
 
-def write_config(root: Path, *, slots: int = 1, extra: str = "", host_extra: str = "") -> Path:
-    """Write a droprun.toml for a share at ``root/share`` with a local host under ``root``."""
-    (root / "share").mkdir(parents=True, exist_ok=True)
+def write_config(
+    root: Path,
+    *,
+    slots: int = 1,
+    extra: str = "",
+    host_extra: str = "",
+    settle: float = 0.1,
+    share: Path | None = None,
+) -> Path:
+    """Write a droprun.toml for a share at ``share`` (default ``root/share``) with a local
+    host under ``root``."""
+    share = share or root / "share"
+    share.mkdir(parents=True, exist_ok=True)
     path = root / "droprun.toml"
     path.write_text(
-        f'share = "{root / "share"}"\n'
+        f'share = "{share}"\n'
         f'state_dir = "{root / "state"}"\n'
-        "settle = 0.1\nlog_every = 0.2\nkill_grace = 2\n"
+        f"settle = {settle}\nlog_every = 0.2\nkill_grace = 2\n"
         f"{extra}\n"
         "[hosts.local]\n"
         'kind = "local"\n'
