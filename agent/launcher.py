@@ -85,8 +85,10 @@ SCRIPT={script}
 [ -x "./$SCRIPT" ] || chmod u+x -- "./$SCRIPT" || fail 126 "cannot make ./$SCRIPT executable"
 set -- {args}
 # In the foreground: a trapped TERM/INT runs its (empty) handler only after the child
-# has ended, so "$?" is always the child's status.
-"./$SCRIPT" "$@" </dev/null
+# has ended, so "$?" is always the child's status. The run's env goes to the script only,
+# as assignments before the command: a variable named like one of ours (D, RUN_DIR) must
+# not redirect this script's own bookkeeping.
+{exports}"./$SCRIPT" "$@" </dev/null
 st=$?
 finish "$st"
 """
@@ -117,12 +119,12 @@ def make_launcher(spec: LaunchSpec, conda_sh: str | None) -> str:
             raise ValueError(f"setup line {n} contains a line break")
         parts.append(f"{line}\n")
         parts.append(_SETUP_CHECK.replace("{n}", str(n)).replace("{line}", shlex.quote(line)))
-    parts.append(_exports(spec))
     parts.append(
         _RUN.format(
             output_dir=shlex.quote(spec.output_dir),
             script=shlex.quote(spec.run_script),
             args=_words(spec.args),
+            exports=_assignments(spec),
         )
     )
     return "".join(parts)
@@ -132,13 +134,14 @@ def _words(words: Sequence[str]) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
 
-def _exports(spec: LaunchSpec) -> str:
+def _assignments(spec: LaunchSpec) -> str:
+    """Return ``NAME='value' `` for each variable of the run (one line, continued)."""
     env = dict(spec.env)
     if spec.cuda_visible_devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = spec.cuda_visible_devices
-    lines = []
+    words = []
     for name, value in env.items():
         if not _ENV_NAME.fullmatch(name):
             raise ValueError(f"env name {name!r} is not a shell identifier")
-        lines.append(f"export {name}={shlex.quote(value)}\n")
-    return "".join(lines)
+        words.append(f"{name}={shlex.quote(value)} \\\n    ")
+    return "".join(words)

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import selectors
 import shlex
 import stat
@@ -19,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import paramiko
@@ -37,6 +39,8 @@ READ_SIZE = 1 << 16
 MAX_SOCKET_PATH = 107
 CONTROL_NAME = "cm-%C"
 CONTROL_NAME_LEN = len("/cm-") + 40 + 17
+DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+_WILDCARD = re.compile(r"[*?\[\]]")
 
 
 def make_control_dir(state_dir: Path, uid: int) -> Path:
@@ -63,12 +67,27 @@ def _ssh_config_path(path: Path, tokens: str = "") -> str:
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
+def with_ssh_defaults(config: HostConfig, home: Path) -> HostConfig:
+    """Return ``config`` with ssh's defaults filled in from the agent user's ``home``.
+
+    ``known_hosts`` unset: ``home/.ssh/known_hosts``. ``key`` unset: the first of
+    ``home/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` that exists (else still unset).
+    paramiko and the system ssh then use exactly the same key and known_hosts.
+    """
+    ssh_dir = home / ".ssh"
+    key = config.key
+    if key is None:
+        key = next((ssh_dir / n for n in DEFAULT_KEYS if (ssh_dir / n).is_file()), None)
+    return replace(config, key=key, known_hosts=config.known_hosts or ssh_dir / "known_hosts")
+
+
 def make_ssh_argv(config: HostConfig, control_dir: Path) -> list[str]:
     """Return the system ssh argv (no destination) that rsync uses for ``config``.
 
     Batch mode, only the configured key and known_hosts, strict host key checking, and a
     control master in ``control_dir`` so that repeated rsyncs skip the key exchange.
-    Without ``known_hosts`` every connection fails host key checking, which is the point.
+    Without ``known_hosts`` every connection fails host key checking (SshTransport
+    fills in ssh's default file first, see :func:`with_ssh_defaults`).
     """
     known_hosts = _ssh_config_path(config.known_hosts) if config.known_hosts else "/dev/null"
     argv = ["ssh", "-p", str(config.port)]
@@ -100,7 +119,13 @@ def make_destination(config: HostConfig) -> str:
 
 
 def make_rsync_target(config: HostConfig, path: str) -> str:
-    """Return rsync's name for ``path`` on the host: ``user@address:path``, IPv6 bracketed."""
+    """Return rsync's name for ``path`` on the host: ``user@address:path``, IPv6 bracketed.
+
+    rsync (>= 3.2.4) backslash-escapes the remote path for the server's shell, except
+    wildcards, which the shell would expand: a project folder named ``*`` would reach every
+    other project's files. So wildcards are escaped here, and rsync keeps those escapes.
+    """
+    path = _WILDCARD.sub(r"\\\g<0>", path)
     address = config.address or ""
     with contextlib.suppress(ValueError):  # not an IP literal: a host name, used as is
         if ipaddress.ip_address(address).version == 6:
@@ -162,7 +187,7 @@ class SshTransport:
     ) -> None:
         if config.kind != "ssh" or not config.address:
             raise ValueError(f"host {config.name} is not an ssh host with an address")
-        self.config = config
+        self.config = with_ssh_defaults(config, Path("~").expanduser())
         self._state_dir = state_dir
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
