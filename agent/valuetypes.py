@@ -153,10 +153,13 @@ def _local_path(value: object, context: Context) -> Path:
 
 
 def _ssh_file(value: object, context: Context) -> Path:
-    """A local path that ssh_config can express (no double quote, one line)."""
+    """A local path that goes into an ssh option: no quotes, backslashes or control characters
+    (ssh_config parses quotes and backslashes in option values)."""
     path = _local_path(value, context)
-    if '"' in str(path) or not str(path).isprintable():
-        raise _fail(value, "a path without double quotes or control characters (ssh cannot use it)")
+    if any(c in str(path) for c in "\"'\\") or not str(path).isprintable():
+        raise _fail(
+            value, "a path without quotes, backslashes or control characters (for ssh options)"
+        )
     return path
 
 
