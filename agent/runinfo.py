@@ -7,6 +7,7 @@ atomically (temp file in the same folder, fsync, rename) so a reader never sees 
 from __future__ import annotations
 
 import time
+import tomllib
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,8 +137,9 @@ class RunInfo:
     def from_toml(cls, text: str, where: str = "run.info") -> RunInfo:
         """Parse run.info text. Raises RunInfoError naming ``where`` if it is not valid."""
         try:
-            data = tomlkit.parse(text).unwrap()
-        except Exception as exc:  # tomlkit raises several unrelated types for bad input
+            # tomllib, not tomlkit: ten times faster, and status/resume read every run.info.
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise RunInfoError(f"{where}: not valid TOML ({exc})") from exc
         if data.get("format") != FORMAT:
             raise RunInfoError(f"{where}: format is {data.get('format')!r}, expected {FORMAT}")
