@@ -211,12 +211,16 @@ class Agent:
         """Start the watcher the config asks for (polling if inotify is out of watches)."""
         self.watcher = open_watcher(self.ctx.config.watch, self.root, self.ctx.log, self.hints)
 
-    def sync_watches(self) -> None:
-        """Watch the project folders and the runs in flight; poll if inotify runs out."""
+    def sync_watches(self, *, projects: bool = True) -> None:
+        """Watch the project folders (unless not ``projects``) and the runs in flight.
+
+        Falls back to polling if inotify runs out of watches.
+        """
         if self.watcher is None:
             return
         try:
-            self.watcher.sync_projects(self.projects)
+            if projects:
+                self.watcher.sync_projects(self.projects)
             self.watcher.sync_runs(self.ctx.wakeups.run_dirs())
         except WatchLimitError as exc:
             self.ctx.log.error(
@@ -288,7 +292,7 @@ class Agent:
             self.intake.take_settled(now)
             if self.once and not self.intake.pending and not self.scheduler.busy():
                 return
-            self.sync_watches()
+            self.sync_watches(projects=False)  # project folders change only on hints
             self.scheduler.check_idle()
 
     def close(self) -> None:

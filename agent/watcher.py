@@ -105,9 +105,13 @@ class InotifyWatcher:
         self.hints = hints
         self._fd: InotifyFD | None = None
         self._lock = threading.Lock()
-        # path -> (wd, callback id); wd -> (kind of folder, path). The reader thread reads
-        # the second map, the agent's main thread changes both.
-        self._by_path: dict[Path, tuple[WatchDescriptor, CallbackId]] = {}
+        # kind of folder -> path -> (wd, callback id); wd -> (kind, path). The reader thread
+        # reads the second map, the agent's main thread changes both.
+        self._by_path: dict[str, dict[Path, tuple[WatchDescriptor, CallbackId]]] = {
+            "share": {},
+            "project": {},
+            "run": {},
+        }
         self._by_wd: dict[WatchDescriptor, tuple[str, Path]] = {}
         self._next_id = 0
         self._masks = {
@@ -139,7 +143,7 @@ class InotifyWatcher:
         """Watch ``path``; a folder that vanished meanwhile is left out. Raises WatchLimitError."""
         assert self._fd is not None
         with self._lock:
-            if path in self._by_path:
+            if path in self._by_path[kind]:
                 return
             self._next_id += 1
             cid = self._next_id
@@ -150,14 +154,14 @@ class InotifyWatcher:
                 return
             raise _limit_or_raise(exc) from exc
         with self._lock:
-            self._by_path[path] = (wd, cid)
+            self._by_path[kind][path] = (wd, cid)
             self._by_wd[wd] = (kind, path)
 
-    def _remove(self, path: Path) -> None:
+    def _remove(self, kind: str, path: Path) -> None:
         """Stop watching ``path`` (no-op if it is not watched)."""
         assert self._fd is not None
         with self._lock:
-            entry = self._by_path.pop(path, None)
+            entry = self._by_path[kind].pop(path, None)
             if entry is None:
                 return
             self._by_wd.pop(entry[0], None)
@@ -165,11 +169,13 @@ class InotifyWatcher:
 
     def _sync(self, kind: str, paths: Iterable[Path]) -> None:
         """Make the watched folders of ``kind`` exactly ``paths``. Raises WatchLimitError."""
-        wanted = set(paths)
+        wanted = paths if isinstance(paths, set) else set(paths)
         with self._lock:
-            have = {path for kind_, path in self._by_wd.values() if kind_ == kind}
+            have = set(self._by_path[kind])
+        if have == wanted:
+            return
         for gone in have - wanted:
-            self._remove(gone)
+            self._remove(kind, gone)
         for new in sorted(wanted - have):
             self._add(kind, new)
 
@@ -184,7 +190,7 @@ class InotifyWatcher:
     def watched(self) -> int:
         """Return how many folders are watched."""
         with self._lock:
-            return len(self._by_path)
+            return sum(len(paths) for paths in self._by_path.values())
 
     def stop(self) -> None:
         """Close the inotify instance (its reader thread ends)."""
@@ -218,9 +224,9 @@ class InotifyWatcher:
     def on_watch_deleted(self, wd: WatchDescriptor) -> None:
         """Forget a watch whose folder was deleted; the next rescan settles the rest."""
         with self._lock:
-            _, path = self._by_wd.pop(wd, ("", None))
+            kind, path = self._by_wd.pop(wd, ("", None))
             if path is not None:
-                self._by_path.pop(path, None)
+                self._by_path[kind].pop(path, None)
 
     def on_queue_overflow(self) -> None:
         """Events were lost: ask for a full rescan."""
