@@ -7,6 +7,7 @@ run up again: ``uploading`` redoes the upload (launching is idempotent on the ho
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -114,12 +115,25 @@ class RunDriver:
         self.host = ctx.hosts[self.info.host or self.settings.host]
         self.host_config = ctx.config.hosts[self.host.name]
         self.project_dir = run_dir.parent.parent
+        self.written = self.info_path.read_bytes()  # to notice edits made by someone else
+        self.reason_before_full: str | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
 
     def save(self) -> None:
-        """Write run.info atomically."""
+        """Write run.info atomically; say so in the log if someone else changed it."""
+        try:
+            on_disk: bytes | None = self.info_path.read_bytes()
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk != self.written:
+            self.ctx.log.warning(
+                "%s: run.info was changed or removed by someone else; the agent rewrites it "
+                "from its own record",
+                self.ref.label,
+            )
         runinfo.save(self.info_path, self.info)
+        self.written = self.info_path.read_bytes()
 
     def move(self, state: str, reason: str | None = None) -> None:
         """Record a state change in run.info and the log."""
@@ -172,6 +186,10 @@ class RunDriver:
                 self.finish()
         except Stopped:
             self.ctx.log.info("%s: left %s for the next start", self.ref.label, self.info.state)
+        except OSError:
+            if self.run_dir.is_dir():
+                raise
+            self.abandon()
         except HostError as exc:
             if self.ctx.stop.is_set():  # e.g. an rsync killed by the agent's own shutdown
                 self.ctx.log.info(
@@ -198,7 +216,12 @@ class RunDriver:
     def upload_and_launch(self) -> None:
         """Archive and upload ``bin/``, start the script, and move to ``running``."""
         self.host.run_starting()
-        bin_dir = self.project_dir / "bin"
+        # Checked again here, and the real path used from now on: bin/ may have been
+        # swapped for a link out of the share while the run was queued.
+        bin_dir = (self.project_dir / "bin").resolve()
+        if not bin_dir.is_relative_to(self.ctx.config.share.resolve()):
+            self.end(runinfo.ERROR, "bin/ is a link that points outside the share")
+            return
         archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
         self.info.bin_files, self.info.bin_bytes = archive.files, archive.bytes
         self.info.bin_sha256 = archive.sha256
@@ -245,22 +268,61 @@ class RunDriver:
             cuda_visible_devices=gpus[self.slot % len(gpus)] if gpus else None,
         )
 
-    def retry(self, step: Callable[[], Any], what: str) -> Any:
+    def retry(self, step: Callable[[], Any], what: str, *, wait_for_space: bool = False) -> Any:
         """Run ``step``, retrying transient HostErrors with backoff for up to wake_timeout.
 
-        Raises the last HostError when it is permanent or the time is up; Stopped on stop.
+        With ``wait_for_space``, a full share is waited out for as long as it takes (the
+        reason is recorded in run.info meanwhile). Raises the last HostError (or OSError)
+        when it is permanent or the time is up; Stopped on stop.
         """
         deadline = self.ctx.clock() + self.host_config.wake_timeout
         delay = RETRY_DELAY
         while True:
             try:
-                return step()
-            except HostError as exc:
-                if not exc.transient or self.ctx.clock() + delay > deadline:
+                result = step()
+            except (HostError, OSError) as exc:
+                if wait_for_space and share_full(exc):
+                    self.note_share_full(exc)
+                elif (
+                    isinstance(exc, OSError)
+                    or not exc.transient
+                    or self.ctx.clock() + delay > deadline
+                ):
                     raise
-                self.ctx.log.warning("%s: %s failed, retrying: %s", self.ref.label, what, exc)
+                else:
+                    self.ctx.log.warning("%s: %s failed, retrying: %s", self.ref.label, what, exc)
                 self.sleep(delay)
                 delay = min(delay * 2, RETRY_DELAY_MAX)
+            else:
+                if self.reason_before_full is not None:
+                    self.info.reason = self.reason_before_full or None
+                    self.reason_before_full = None
+                    self.ctx.log.info("%s: the share has space again", self.ref.label)
+                return result
+
+    def note_share_full(self, exc: Exception) -> None:
+        """Record in run.info (if it still fits) that the share is full, and log it."""
+        if self.reason_before_full is None:
+            self.reason_before_full = self.info.reason or ""
+        self.info.reason = f"waiting for space on the share to finish the sync: {exc}"
+        self.ctx.log.warning("%s: %s", self.ref.label, self.info.reason)
+        try:
+            self.save()
+        except OSError as save_exc:
+            self.ctx.log.warning("%s: cannot update run.info: %s", self.ref.label, save_exc)
+
+    def abandon(self) -> None:
+        """The run folder was deleted by a person: stop the run on the host and forget it."""
+        self.ctx.log.warning(
+            "%s: the run folder %s was deleted; stopping the run and cleaning up the host",
+            self.ref.label,
+            self.run_dir,
+        )
+        try:
+            self.host.kill(self.ref, self.ctx.config.kill_grace)
+            self.host.cleanup(self.ref)
+        except HostError as exc:
+            self.ctx.log.error("%s: cannot clean up after it: %s", self.ref.label, exc)
 
     def pull_log(self) -> None:
         """Append the log's new bytes to ``log.log``."""
@@ -288,6 +350,8 @@ class RunDriver:
         last_mirror = self.ctx.clock()
         failing_since: float | None = None
         while True:
+            if not self.run_dir.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "run folder deleted", str(self.run_dir))
             try:
                 status = self.host.status(self.ref)
                 self.pull_log()
@@ -305,14 +369,16 @@ class RunDriver:
                     self.mirror()
                     last_mirror = self.ctx.clock()
                 failing_since = None
-            except HostError as exc:
-                if not exc.transient:
+            except (HostError, OSError) as exc:
+                if share_full(exc):  # the training goes on; the final sync waits for space
+                    self.note_share_full(exc)
+                    last_mirror = self.ctx.clock()
+                elif isinstance(exc, OSError) or not exc.transient:
                     raise
                 # The training goes on without us: keep trying, and say so once a minute.
-                now = self.ctx.clock()
-                if failing_since is None or now - failing_since >= 60:
+                elif failing_since is None or self.ctx.clock() - failing_since >= 60:
                     self.ctx.log.warning("%s: host not answering: %s", self.ref.label, exc)
-                    failing_since = now
+                    failing_since = self.ctx.clock()
             self.sleep(self.ctx.config.log_every)
         self.move(runinfo.FINISHING)
 
@@ -332,9 +398,9 @@ class RunDriver:
             self.retry(lambda: self.host.kill(self.ref, self.ctx.config.kill_grace), "kill")
             if status.state == "running":  # reattached after a kill during finishing
                 status = self.host.status(self.ref)
-        self.retry(self.pull_log, "log pull")
+        self.retry(self.pull_log, "log pull", wait_for_space=True)
         for _ in range(3):
-            if not self.retry(lambda: self.mirror(final=True), "final mirror"):
+            if not self.retry(lambda: self.mirror(final=True), "final mirror", wait_for_space=True):
                 break
         else:
             self.ctx.log.warning("%s: some outputs kept changing; not mirrored", self.ref.label)
@@ -347,6 +413,13 @@ class RunDriver:
         self.save()
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
         self.end(self.info.outcome, self.info.reason, self.info.exit_code)
+
+
+def share_full(exc: BaseException) -> bool:
+    """Return True if ``exc`` says a disk on the agent's side is full (pure)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 
 
 def outcome_of(status: ProcStatus) -> tuple[str, str | None]:

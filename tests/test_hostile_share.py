@@ -1,0 +1,210 @@
+"""Hostile things a share user can do: links out of the share, odd folder names, requests
+that try to change where or as whom a run goes. Real runs on the built-in local host."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from agent import runinfo
+from agent.config import HostConfig
+from agent.problems import InvalidFile
+from agent.settings import load_agent_config, parse_request, read_project_layer
+
+from shares import drop, info, make_project, run_once, write_config
+
+TRAIN = """#!/bin/sh
+echo "project dir: $(basename "$(dirname "$PWD")")"
+mkdir -p output
+echo done > output/result.txt
+"""
+SECRET = "SECRET CONTENT OUTSIDE THE SHARE\n"
+
+
+def _outside(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "secret.txt").write_text(SECRET)
+    return outside
+
+
+def test_a_link_in_bin_is_uploaded_and_archived_as_a_link(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    outside = _outside(tmp_path)
+    project = make_project(tmp_path / "share", "proj", {"run.sh": TRAIN})
+    os.symlink(outside / "secret.txt", project / "bin" / "secret.txt")
+    os.symlink("../../outside", project / "bin" / "dirlink")  # a relative link to a folder
+    drop(project, "")
+    run_once(config)
+
+    assert info(project).state == runinfo.SUCCEEDED
+    cache = tmp_path / "server" / "proj" / "cache"
+    assert os.readlink(cache / "secret.txt") == str(outside / "secret.txt")
+    assert os.readlink(cache / "dirlink") == "../../outside"
+    with tarfile.open(project / "results" / "run_0" / "bin.tar.gz") as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        assert members["secret.txt"].issym()
+        assert members["secret.txt"].linkname == str(outside / "secret.txt")
+        assert members["dirlink"].issym()
+        assert not any(name.startswith("dirlink/") for name in members)
+        contents = b"".join(
+            tar.extractfile(m).read()
+            for m in members.values()
+            if m.isfile()  # type: ignore[union-attr]
+        )
+    assert SECRET.encode() not in contents
+    assert info(project).bin_files == 3  # run.sh and the two links
+
+
+def test_a_bin_folder_linked_out_of_the_share_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    outside = _outside(tmp_path)
+    (outside / "run.sh").write_text(TRAIN)
+    project = tmp_path / "share" / "proj"
+    project.mkdir()
+    os.symlink(outside, project / "bin")
+    drop(project, "")
+    run_once(config)
+
+    assert not (project / "results").exists()
+    assert (project / "run.request.rejected").exists()
+    assert (
+        "proj/bin is a link that points outside the share"
+        in (project / "run.request.error").read_text()
+    )
+    assert not (tmp_path / "server").exists()  # nothing was uploaded
+
+
+def test_a_project_folder_linked_out_of_the_share_is_never_read(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    outside = _outside(tmp_path)
+    make_project(outside.parent, outside.name, {"run.sh": TRAIN})
+    drop(outside, "")
+    os.symlink(outside, tmp_path / "share" / "linked")
+    good = make_project(tmp_path / "share", "good", {"run.sh": TRAIN})
+    drop(good, "")
+    run_once(config)
+
+    assert info(good).state == runinfo.SUCCEEDED  # the agent carries on
+    assert (outside / "run.request").exists()  # not taken, not renamed: not ours to touch
+    assert sorted(p.name for p in outside.iterdir()) == ["bin", "run.request", "secret.txt"]
+    assert not (tmp_path / "server" / "linked").exists()
+
+
+def test_a_bin_folder_swapped_for_a_link_after_acceptance_is_not_uploaded(
+    tmp_path: Path,
+) -> None:
+    """The check at acceptance is not enough: bin/ can change while the run waits."""
+    from agent import share
+
+    config_path = write_config(tmp_path)
+    config = load_agent_config(config_path)
+    outside = _outside(tmp_path)
+    (outside / "run.sh").write_text(TRAIN)
+    project = make_project(tmp_path / "share", "proj", {"run.sh": TRAIN})
+    accepted = share.accept(drop(project, ""), config)
+    assert isinstance(accepted, share.Accepted)
+    (project / "bin").rename(project / "bin.old")
+    os.symlink(outside, project / "bin")
+    run_once(config_path)
+
+    result = info(project)
+    assert result.state == runinfo.ERROR
+    assert "outside the share" in (result.reason or "")
+    cache = tmp_path / "server" / "proj" / "cache"
+    assert not (cache / "secret.txt").exists()
+    archive = project / "results" / "run_0" / "bin.tar.gz"
+    if archive.exists():  # an archive made before the check must not hold the link's target
+        with tarfile.open(archive) as tar:
+            assert "secret.txt" not in {m.name.removeprefix("./") for m in tar.getmembers()}
+
+
+NASTY_PROJECT_NAMES = [
+    "$(touch pwned)",
+    "`touch pwned2`",
+    "a b; touch pwned3",
+    "-rf",
+    "*",
+    "it's",
+    "new\nline",
+    "ünïcødé 训练",
+]
+
+
+def test_project_folders_with_shell_syntax_in_their_names_run_as_named(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, slots=2)
+    other = make_project(tmp_path / "share", "other", {"run.sh": TRAIN})
+    (tmp_path / "server" / "other" / "cache").mkdir(parents=True)
+    (tmp_path / "server" / "other" / "cache" / "keep.txt").write_text("other project's\n")
+    projects = [make_project(tmp_path / "share", n, {"run.sh": TRAIN}) for n in NASTY_PROJECT_NAMES]
+    for project in projects:
+        drop(project, "")
+    run_once(config)
+
+    for project in projects:
+        result = info(project)
+        assert result.state == runinfo.SUCCEEDED, (project.name, result.reason)
+        assert result.project == project.name
+        assert (
+            f"project dir: {project.name}"
+            in (project / "results" / "run_0" / "log.log").read_text()
+        )
+        assert (project / "results" / "run_0" / "output" / "result.txt").exists()
+        assert (tmp_path / "server" / project.name / "cache" / "run.sh").exists()
+    # "*" did not reach the other project's cache, and nothing ran the names as commands.
+    assert (tmp_path / "server" / "other" / "cache" / "keep.txt").exists()
+    assert not (other / "results").exists()
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+HOST_FIELD_NAMES = [name for name in HostConfig.__dataclass_fields__ if name != "name"]
+
+
+@pytest.mark.parametrize("field", HOST_FIELD_NAMES)
+def test_no_host_setting_can_come_from_a_request_or_project(tmp_path: Path, field: str) -> None:
+    hosts = frozenset({"local", "gpu1"})
+    attempts = [
+        f'{field} = "x"\n',
+        f"{field} = 1\n",
+        f'[hosts.gpu1]\n{field} = "x"\n',
+        f'hosts.gpu1.{field} = "x"\n',
+        f'hosts = {{ gpu1 = {{ {field} = "x" }} }}\n',
+        f'[defaults]\n{field} = "x"\n',
+        f'[[hosts]]\n{field} = "x"\n',
+        f'[env]\n{field} = "x"\n[hosts.local]\n{field} = "x"\n',
+    ]
+    for text in attempts:
+        with pytest.raises(InvalidFile):
+            parse_request(text.encode(), "run.request", hosts)
+        path = tmp_path / "project.toml"
+        path.write_text(text)
+        with pytest.raises(InvalidFile):
+            read_project_layer(path, hosts)
+
+
+def test_a_run_goes_where_the_agent_config_says_whatever_the_request_holds(
+    tmp_path: Path,
+) -> None:
+    """A request full of look-alike settings runs on the configured host, in its remote root,
+    as the agent's user; the env names that look like host settings are only env."""
+    config = write_config(tmp_path)
+    script = TRAIN + 'printf "%s|%s|%s\\n" "$remote_root" "$user" "$address" > output/env.txt\n'
+    project = make_project(tmp_path / "share", "proj", {"run.sh": script})
+    drop(
+        project,
+        'host = "local"\n[env]\nremote_root = "/"\nuser = "root"\naddress = "attacker.example"\n',
+    )
+    run_once(config)
+    result = info(project)
+    assert result.state == runinfo.SUCCEEDED
+    assert result.host == "local"
+    assert result.remote_dir == str(tmp_path / "server" / "proj" / "run_0")
+    assert (project / "results" / "run_0" / "output" / "env.txt").read_text() == (
+        "/|root|attacker.example\n"
+    )
+    assert result.submitted_by == "root"  # who owns the file, not anything it says
