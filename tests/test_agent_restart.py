@@ -21,7 +21,9 @@ from shares import (
     wait_for,
     wait_state,
     write_config,
+    write_ssh_config,
 )
+from testbed import require_tool, run_checked
 
 SCRIPT = """#!/bin/sh
 echo launched >> "$COUNT"
@@ -138,3 +140,42 @@ def test_sigterm_leaves_the_run_running_and_a_restart_reattaches(tmp_path):
     wait_state(project, 0, runinfo.SUCCEEDED)
     proc.stop()
     assert_complete(project, tmp_path)
+
+
+def children_named(pid: int, name: str) -> list[int]:
+    """Return the pids of ``pid``'s children whose command is ``name``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        comm, rest = text.split(" (", 1)[1].rsplit(")", 1)
+        if comm == name and rest.split()[1] == str(pid):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_during_a_slow_upload_exits_promptly_and_the_upload_is_redone(tmp_path, netns_host):
+    tc = require_tool("tc")
+    config = write_ssh_config(tmp_path, netns_host.ssh, extra="rescan = 3600")
+    project = make_project(tmp_path / "share", "p", {"run.sh": "#!/bin/sh\necho uploaded\n"})
+    (project / "bin" / "data.bin").write_bytes(os.urandom(3_000_000))
+    # 1 Mbit/s: the 3 MB upload takes about 25 s.
+    slow = ["qdisc", "add", "dev", netns_host.veth_host, "root", "tbf", "rate", "1mbit"]
+    run_checked([tc, *slow, "burst", "32kbit", "latency", "400ms"])
+    try:
+        proc = start(tmp_path, config)
+        (project / "run.request").write_text("")
+        wait_state(project, 0, runinfo.UPLOADING)
+        wait_for("rsync to be uploading", lambda: children_named(proc.pid, "rsync"))
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert state_of(project) == runinfo.UPLOADING
+        assert "stopped in the middle of a step" in proc.text()
+    finally:
+        run_checked([tc, "qdisc", "del", "dev", netns_host.veth_host, "root"])
+    proc = start(tmp_path, config)
+    wait_state(project, 0, runinfo.SUCCEEDED)
+    proc.stop()
+    assert "uploaded" in (project / "results/run_0/log.log").read_text()
