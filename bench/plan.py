@@ -45,7 +45,7 @@ FULL = Plan(
     requests=20,
     project_steps=(10, 100, 1000),
     runs_per_project=10,
-    idle_window=10.0,
+    idle_window=31.0,  # covers one full rescan of the share (rescan = 30 s)
     burst_requests=200,
     burst_projects=20,
 )

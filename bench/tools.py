@@ -56,6 +56,7 @@ class CountingRelay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone does not
         self._listener.close()
         self._accepter.join(timeout=5)
 
