@@ -208,3 +208,75 @@ def test_a_run_goes_where_the_agent_config_says_whatever_the_request_holds(
         "/|root|attacker.example\n"
     )
     assert result.submitted_by == "root"  # who owns the file, not anything it says
+
+
+# Publishes output/link (a link out of the share) while running, then makes link a folder
+# with a file in it: the final mirror must not write that file through the published link.
+LINK_THEN_FOLDER = """#!/bin/sh
+mkdir -p output
+ln -s "$OUTSIDE" output/link
+i=0
+while [ ! -L "$SHARE_OUTPUT/link" ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
+rm output/link
+mkdir output/link
+echo pwned > output/link/evil.txt
+echo ok > output/fine.txt
+"""
+
+
+def test_outputs_never_reach_outside_the_run_folder_through_a_published_link(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    outside = _outside(tmp_path)
+    project = make_project(tmp_path / "share", "proj", {"run.sh": LINK_THEN_FOLDER})
+    share_output = project / "results" / "run_0" / "output"
+    drop(
+        project,
+        f'backup_every = 1\n[env]\nOUTSIDE = "{outside}"\nSHARE_OUTPUT = "{share_output}"\n',
+    )
+    run_once(config)
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert (share_output / "fine.txt").read_text() == "ok\n"
+    assert os.readlink(share_output / "link") == str(outside)  # kept: the share is the archive
+    result = info(project)
+    assert "link" in (result.reason or "") or result.state == runinfo.SUCCEEDED
+
+
+WAIT_THEN_WRITE = """#!/bin/sh
+mkdir -p output/sub
+i=0
+while [ ! -e "$GO" ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
+echo pwned > output/evil.txt
+echo pwned > output/sub/evil2.txt
+"""
+
+
+@pytest.mark.parametrize("what", ["output", "output/sub", ".droprun-staging"])
+def test_outputs_never_follow_a_link_that_a_share_user_put_in_their_way(
+    tmp_path: Path, what: str
+) -> None:
+    config = write_config(tmp_path)
+    outside = _outside(tmp_path)
+    project = make_project(tmp_path / "share", "proj", {"run.sh": WAIT_THEN_WRITE})
+    go = tmp_path / "go"
+    drop(project, f'[env]\nGO = "{go}"\n')
+    import threading
+
+    thread = threading.Thread(target=run_once, args=(config,))
+    thread.start()
+    run_dir = project / "results" / "run_0"
+    deadline = 600
+    while not (run_dir / "run.info").exists() or info(project).state != runinfo.RUNNING:
+        deadline -= 1
+        assert deadline, "the run did not start"
+        thread.join(0.1)
+    (run_dir / what).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(outside, run_dir / what)
+    go.touch()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    result = info(project)
+    assert result.state in (runinfo.SUCCEEDED, runinfo.ERROR)
+    assert result.state == runinfo.SUCCEEDED or "link" in (result.reason or "")

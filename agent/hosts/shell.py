@@ -7,6 +7,8 @@ run, so the local host and the ssh host share all run logic. Layout (DESIGN.md Â
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.resources
 import logging
 import math
@@ -318,6 +320,8 @@ class ShellHost:
             return MirrorResult(0, 0, 0)
         staging = dest.parent / STAGING_NAME
         staging.mkdir(parents=True, exist_ok=True)
+        if staging.is_symlink():  # rsync --delete would follow it: anything could be lost
+            raise HostError(f"{staging} is a link (made by someone else); refusing to sync")
         src = posixpath.join(self.remote_dir(ref), output_dir)
         argv = make_pull_argv(
             self.transport.rsync_target(src), str(staging), self.transport.rsync_shell()
@@ -330,7 +334,7 @@ class ShellHost:
             stable = before.files.get(path) == remote and settled
             if not stable or not _staged_matches(staging / path, remote):
                 pending += 1
-            elif _publish(staging / path, dest / path):
+            elif _publish(staging / path, dest, path):
                 published += 1
         if final and not pending:
             shutil.rmtree(staging)
@@ -352,31 +356,59 @@ def _staged_matches(staged: Path, remote: RemoteFile) -> bool:
     )
 
 
-def _publish(staged: Path, final: Path) -> bool:
-    """Make ``staged`` visible as ``final`` atomically; return False if it already was.
+def _open_dir(parent: Path, parts: Sequence[str]) -> int:
+    """Return an fd of ``parent/parts...``, creating missing folders; never following a link.
 
-    Raises HostError if ``final`` cannot be replaced (e.g. a directory is in the way).
+    Walking with directory fds and O_NOFOLLOW means that a link put on the way by a share
+    user (or published earlier from the server) cannot lead a file out of the run folder.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    fd = os.open(parent, flags)
+    try:
+        for part in parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=fd)
+            fd, old = os.open(part, flags, dir_fd=fd), fd
+            os.close(old)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _publish(staged: Path, dest: Path, rel: str) -> bool:
+    """Make ``staged`` visible as ``dest/rel`` atomically; return False if it already was.
+
+    Raises HostError if it cannot be (a directory in the way, or a link on the way).
     """
     staged_st = staged.lstat()
+    *folders, name = rel.split("/")
+    final = dest / rel
     try:
-        final_st = final.lstat()
-        if (final_st.st_dev, final_st.st_ino) == (staged_st.st_dev, staged_st.st_ino):
-            return False
-        both_links = stat.S_ISLNK(staged_st.st_mode) and stat.S_ISLNK(final_st.st_mode)
-        if both_links and os.readlink(final) == os.readlink(staged):
-            return False
-    except FileNotFoundError:
-        pass
-    tmp = final.parent / f".{final.name}.droprun-tmp"
+        fd = _open_dir(dest.parent, [dest.name, *folders])
+    except OSError as exc:
+        why = "a link or a file is in the way" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else ""
+        raise HostError(f"cannot publish {final}: {why or exc}") from exc
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
+        try:
+            final_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if (final_st.st_dev, final_st.st_ino) == (staged_st.st_dev, staged_st.st_ino):
+                return False
+            both_links = stat.S_ISLNK(staged_st.st_mode) and stat.S_ISLNK(final_st.st_mode)
+            if both_links and os.readlink(name, dir_fd=fd) == os.readlink(staged):
+                return False
+        except FileNotFoundError:
+            pass
+        tmp = f".{name}.droprun-tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=fd)
         if stat.S_ISLNK(staged_st.st_mode):
-            os.symlink(os.readlink(staged), tmp)
+            os.symlink(os.readlink(staged), tmp, dir_fd=fd)
         else:
-            os.link(staged, tmp)
-        os.replace(tmp, final)
+            os.link(staged, tmp, dst_dir_fd=fd)
+        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
     except OSError as exc:
         raise HostError(f"cannot publish {final}: {exc}") from exc
+    finally:
+        os.close(fd)
     return True
