@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -325,14 +326,19 @@ class RunDriver:
             self.ctx.log.error("%s: cannot clean up after it: %s", self.ref.label, exc)
 
     def pull_log(self) -> None:
-        """Append the log's new bytes to ``log.log``."""
+        """Append the log's new bytes to ``log.log`` (never through a link someone put there:
+        the script's output would be appended to any file the agent may write)."""
         log_path = self.run_dir / "log.log"
+        if log_path.is_symlink():
+            self.ctx.log.warning("%s: log.log was replaced by a link; removed", self.ref.label)
+            log_path.unlink()
         offset = log_path.stat().st_size if log_path.exists() else 0
         while True:
             chunk = self.host.read_log(self.ref, offset)
             if not chunk:
                 return
-            with open(log_path, "ab") as out:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            with os.fdopen(os.open(log_path, flags, 0o644), "ab") as out:
                 out.write(chunk)
             offset += len(chunk)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,18 @@ def test_a_bin_folder_swapped_for_a_link_after_acceptance_is_not_uploaded(
     if archive.exists():  # an archive made before the check must not hold the link's target
         with tarfile.open(archive) as tar:
             assert "secret.txt" not in {m.name.removeprefix("./") for m in tar.getmembers()}
+
+
+def _agent_until_running(config: Path, project: Path) -> threading.Thread:
+    """Start ``agent --once`` in a thread; return it once ``project``'s run 0 is running."""
+    thread = threading.Thread(target=run_once, args=(config,))
+    thread.start()
+    info_path = project / "results" / "run_0" / "run.info"
+    for _ in range(600):
+        if info_path.exists() and info(project).state == runinfo.RUNNING:
+            return thread
+        thread.join(0.1)
+    raise AssertionError("the run did not start")
 
 
 NASTY_PROJECT_NAMES = [
@@ -261,16 +274,8 @@ def test_outputs_never_follow_a_link_that_a_share_user_put_in_their_way(
     project = make_project(tmp_path / "share", "proj", {"run.sh": WAIT_THEN_WRITE})
     go = tmp_path / "go"
     drop(project, f'[env]\nGO = "{go}"\n')
-    import threading
-
-    thread = threading.Thread(target=run_once, args=(config,))
-    thread.start()
+    thread = _agent_until_running(config, project)
     run_dir = project / "results" / "run_0"
-    deadline = 600
-    while not (run_dir / "run.info").exists() or info(project).state != runinfo.RUNNING:
-        deadline -= 1
-        assert deadline, "the run did not start"
-        thread.join(0.1)
     (run_dir / what).parent.mkdir(parents=True, exist_ok=True)
     os.symlink(outside, run_dir / what)
     go.touch()
@@ -280,3 +285,23 @@ def test_outputs_never_follow_a_link_that_a_share_user_put_in_their_way(
     result = info(project)
     assert result.state in (runinfo.SUCCEEDED, runinfo.ERROR)
     assert result.state == runinfo.SUCCEEDED or "link" in (result.reason or "")
+
+
+def test_the_log_is_never_appended_through_a_link(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    outside = _outside(tmp_path)
+    script = (
+        '#!/bin/sh\nwhile [ ! -e "$GO" ]; do sleep 0.1; done\necho "ssh-ed25519 AAAA attacker"\n'
+    )
+    project = make_project(tmp_path / "share", "proj", {"run.sh": script})
+    go = tmp_path / "go"
+    drop(project, f'[env]\nGO = "{go}"\n')
+    thread = _agent_until_running(config, project)
+    run_dir = project / "results" / "run_0"
+    os.symlink(outside / "secret.txt", run_dir / "log.log")
+    go.touch()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert (outside / "secret.txt").read_text() == SECRET
+    assert info(project).state == runinfo.SUCCEEDED
+    assert (run_dir / "log.log").read_text() == "ssh-ed25519 AAAA attacker\n"
