@@ -58,9 +58,9 @@ command -v source >/dev/null 2>&1 || source() { _f=$1; shift; . "$_f"; }
 """
 
 _CONDA = r"""CONDA_ENV={env}
-CONDA_CANDIDATES={candidates}
+CONDA_CANDIDATES={shown}
 CONDA_FOUND=
-for f in $CONDA_CANDIDATES; do
+for f in {candidates}; do
     if [ -f "$f" ]; then
         . "$f" && CONDA_FOUND=$f
         break
@@ -95,12 +95,14 @@ finish "$st"
 
 
 def _conda_candidates(conda_sh: str | None) -> str:
-    """Return the quoted, space-separated list of conda.sh files to try (``$HOME`` kept)."""
+    """Return the conda.sh files to try as shell words: ``$HOME`` and ``~/`` expand, and
+    a configured path with spaces or quotes stays one word."""
     if conda_sh:
+        if conda_sh == "~" or conda_sh.startswith("~/"):
+            return '"$HOME"' + shlex.quote(conda_sh[1:])
         return shlex.quote(conda_sh)
-    paths = [f"{place}/etc/profile.d/conda.sh" for place in CONDA_SH_PLACES]
-    # Double quotes so $HOME expands when the list is assigned; no path has spaces.
-    return '"' + " ".join(paths) + '"'
+    # Double quotes so that $HOME expands; the other characters of these paths are plain.
+    return " ".join(f'"{place}/etc/profile.d/conda.sh"' for place in CONDA_SH_PLACES)
 
 
 def make_launcher(spec: LaunchSpec, conda_sh: str | None) -> str:
@@ -112,7 +114,11 @@ def make_launcher(spec: LaunchSpec, conda_sh: str | None) -> str:
     parts = [_HEAD]
     if spec.conda_env:
         parts.append(
-            _CONDA.format(env=shlex.quote(spec.conda_env), candidates=_conda_candidates(conda_sh))
+            _CONDA.format(
+                env=shlex.quote(spec.conda_env),
+                candidates=_conda_candidates(conda_sh),
+                shown=shlex.quote(conda_sh or " ".join(CONDA_SH_PLACES)),
+            )
         )
     for n, line in enumerate(spec.setup, start=1):
         if "\n" in line or "\r" in line:

@@ -346,3 +346,32 @@ def test_launcher_passes_every_word_exactly(
     assert values == [env[name].encode() for name in names]
     assert (run_dir / output_dir).is_dir()
     assert [p.name for p in base.iterdir()] == ["run_0"]
+
+
+@pytest.mark.parametrize("where", ["~/my conda/etc/conda.sh", "{tmp}/it's conda/conda.sh"])
+def test_a_configured_conda_sh_is_found_in_home_and_with_odd_characters(
+    tmp_path: Path, where: str
+) -> None:
+    """conda_sh = "~/..." is the documented example: ~ must expand, spaces must not split."""
+    home = tmp_path / "home"
+    path = Path(where.replace("~", str(home)).replace("{tmp}", str(tmp_path)))
+    path.parent.mkdir(parents=True)
+    path.write_text('conda() { [ "$1" = activate ] && MARK="active $2"; }\n')
+    run_dir = tmp_path / "run_0"
+    (run_dir / ".droprun").mkdir(parents=True)
+    (run_dir / "run.sh").write_text('#!/bin/sh\nprintf "%s" "$MARK" > mark.txt\n')
+    (run_dir / "run.sh").chmod(0o755)
+    spec = LaunchSpec("run.sh", conda_env="torch", setup=["export MARK"])
+    (run_dir / ".droprun" / "launch.sh").write_text(
+        make_launcher(spec, where.replace("{tmp}", str(tmp_path)))
+    )
+    done = subprocess.run(
+        [_need("sh"), ".droprun/launch.sh"],
+        cwd=run_dir,
+        capture_output=True,
+        env={"PATH": os.environ["PATH"], "HOME": str(home)},
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "mark.txt").read_text() == "active torch"
