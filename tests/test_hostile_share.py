@@ -15,7 +15,8 @@ from agent.config import HostConfig
 from agent.problems import InvalidFile
 from agent.settings import load_agent_config, parse_request, read_project_layer
 
-from shares import drop, info, make_project, run_once, write_config
+from shares import drop, info, make_project, run_once, write_config, write_ssh_config
+from testbed import SshServer
 
 TRAIN = """#!/bin/sh
 echo "project dir: $(basename "$(dirname "$PWD")")"
@@ -305,3 +306,32 @@ def test_the_log_is_never_appended_through_a_link(tmp_path: Path) -> None:
     assert (outside / "secret.txt").read_text() == SECRET
     assert info(project).state == runinfo.SUCCEEDED
     assert (run_dir / "log.log").read_text() == "ssh-ed25519 AAAA attacker\n"
+
+
+def test_project_names_with_wildcards_stay_in_their_own_folder_on_an_ssh_server(
+    tmp_path: Path, sshd_server: SshServer
+) -> None:
+    """Over ssh the server's shell sees the paths: "*" or "alph?" must not match alpha."""
+    config = write_ssh_config(tmp_path, sshd_server, slots=2)
+    share = tmp_path / "share"
+    writes = '#!/bin/sh\nmkdir -p output\necho "$1" > output/who.txt\necho "$1" > mine.txt\n'
+    alpha = make_project(share, "alpha", {"run.sh": writes, "alpha-only.txt": "a\n"})
+    drop(alpha, 'args = ["alpha"]\n')
+    run_once(config)
+    assert info(alpha).state == runinfo.SUCCEEDED
+    cache = Path(sshd_server.remote_root) / "alpha" / "cache"
+    before = sorted(p.name for p in cache.iterdir())
+    names = ["*", "alph?", "[a]lpha", "alpha*"]
+    projects = [make_project(share, n, {"run.sh": writes}) for n in names]
+    for project in projects:
+        drop(project, f'args = ["{project.name}"]\n')
+    run_once(config)
+    for project in projects:
+        assert info(project).state == runinfo.SUCCEEDED, info(project).reason
+        out = project / "results" / "run_0" / "output"
+        assert sorted(p.name for p in out.iterdir()) == ["who.txt"]
+        assert (out / "who.txt").read_text() == f"{project.name}\n"
+        remote_cache = Path(sshd_server.remote_root) / project.name / "cache"
+        assert sorted(p.name for p in remote_cache.iterdir()) == ["run.sh"]
+    assert sorted(p.name for p in cache.iterdir()) == before
+    assert not (alpha / "results" / "run_1").exists()
