@@ -7,6 +7,9 @@ line and key.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,23 +189,41 @@ def parse_request(data: bytes, filename: str, host_names: Collection[str] | None
     return _layer(parse_bytes(data, filename), filename, host_names, "request")
 
 
-def _read(path: Path, limit: int | None = None) -> bytes:
-    """Return the bytes of ``path``; raises InvalidFile if it cannot be read or is too big."""
+def _read(path: Path, limit: int | None = None, *, follow: bool = True) -> bytes:
+    """Return the bytes of the regular file ``path``.
+
+    A FIFO or device (which would block or never end) is refused unread, and so is a file
+    over ``limit`` bytes, and with ``follow`` False a link (a share user's link to a file
+    of the agent's must not come back quoted in error messages). Raises InvalidFile.
+    """
+
+    def refuse(message: str) -> InvalidFile:
+        return InvalidFile([Problem(str(path), None, None, message)])
+
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
     except OSError as exc:
-        raise InvalidFile([Problem(str(path), None, None, f"cannot read: {exc.strerror}")]) from exc
-    if limit is not None and len(data) > limit:
-        message = f"the file has {len(data)} bytes, expected at most {limit}"
-        raise InvalidFile([Problem(str(path), None, None, message)])
+        if exc.errno == errno.ELOOP and not follow:
+            raise refuse("is a link: put the file itself here") from exc
+        raise refuse(f"cannot read: {exc.strerror}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse("not a regular file")
+        raise refuse(f"the file has {info.st_size} bytes, expected at most {limit}")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:  # grew while we read it
+        raise refuse(f"the file has more than {limit} bytes, expected at most {limit}")
     return data
 
 
 def read_project_layer(path: Path, host_names: Collection[str] | None) -> dict[str, Any]:
     """Return the validated layer of ``project.toml`` ({} if there is none); raises InvalidFile."""
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         return {}
-    data = _read(path, MAX_REQUEST_BYTES)
+    data = _read(path, MAX_REQUEST_BYTES, follow=False)
     return _layer(parse_bytes(data, str(path)), str(path), host_names, "project")
 
 
@@ -380,7 +401,7 @@ def validate_paths(paths: Sequence[Path], config: AgentConfig | None) -> list[Pr
                     "project",
                 )
             elif kind == "request":
-                parse_request(_read(path), str(path), host_names)
+                parse_request(_read(path, MAX_REQUEST_BYTES), str(path), host_names)
             else:
                 expected = "a *.request file, a project.toml or an agent file ending in .toml"
                 problems.append(

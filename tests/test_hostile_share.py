@@ -335,3 +335,31 @@ def test_project_names_with_wildcards_stay_in_their_own_folder_on_an_ssh_server(
         assert sorted(p.name for p in remote_cache.iterdir()) == ["run.sh"]
     assert sorted(p.name for p in cache.iterdir()) == before
     assert not (alpha / "results" / "run_1").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a secret", "link to /dev/zero", "folder"])
+def test_a_project_toml_that_is_not_a_plain_file_is_refused_unread(
+    tmp_path: Path, kind: str
+) -> None:
+    config = write_config(tmp_path)
+    outside = _outside(tmp_path)
+    (outside / "secret.txt").write_text('password = "hunter2"\n')
+    project = make_project(tmp_path / "share", "proj", {"run.sh": TRAIN})
+    toml = project / "project.toml"
+    if kind == "fifo":
+        os.mkfifo(toml)
+    elif kind == "folder":
+        toml.mkdir()
+    else:
+        os.symlink(outside / "secret.txt" if "secret" in kind else "/dev/zero", toml)
+    fifo_request = project / "other.request"
+    os.mkfifo(fifo_request)  # a request that is a FIFO must not hang the agent either
+    drop(project, "")
+    good = make_project(tmp_path / "share", "good", {"run.sh": TRAIN})
+    drop(good, "")
+    run_once(config)
+    assert info(good).state == runinfo.SUCCEEDED
+    error = (project / "run.request.error").read_text()
+    assert "project.toml" in error
+    assert "hunter2" not in error and "password" not in error
+    assert not (project / "results").exists()
