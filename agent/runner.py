@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -116,25 +117,21 @@ class RunDriver:
         self.host = ctx.hosts[self.info.host or self.settings.host]
         self.host_config = ctx.config.hosts[self.host.name]
         self.project_dir = run_dir.parent.parent
-        self.written = self.info_path.read_bytes()  # to notice edits made by someone else
+        self.written = _peek(self.info_path)  # to notice edits made by someone else
         self.reason_before_full: str | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
 
     def save(self) -> None:
         """Write run.info atomically; say so in the log if someone else changed it."""
-        try:
-            on_disk: bytes | None = self.info_path.read_bytes()
-        except FileNotFoundError:
-            on_disk = None
-        if on_disk != self.written:
+        if _peek(self.info_path) != self.written:
             self.ctx.log.warning(
                 "%s: run.info was changed or removed by someone else; the agent rewrites it "
                 "from its own record",
                 self.ref.label,
             )
         runinfo.save(self.info_path, self.info)
-        self.written = self.info_path.read_bytes()
+        self.written = _peek(self.info_path)
 
     def move(self, state: str, reason: str | None = None) -> None:
         """Record a state change in run.info and the log."""
@@ -419,6 +416,21 @@ class RunDriver:
         self.save()
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
         self.end(self.info.outcome, self.info.reason, self.info.exit_code)
+
+
+def _peek(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """Return up to ``limit`` bytes of the plain file ``path``, None if there is none, and
+    b"" for anything else (a link, a FIFO someone put there): never blocks or follows."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
 
 
 def share_full(exc: BaseException) -> bool:

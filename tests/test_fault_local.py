@@ -4,6 +4,7 @@ up, people edit or delete what the agent owns, cancel twice. Real processes and 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -228,3 +229,19 @@ def test_cancel_dropped_twice_cancels_once(tmp_path: Path) -> None:
     assert [h["state"] for h in result.history].count("cancelled") == 1
     assert not pid_alive(int(pid_file.read_text()))
     assert info(two).state == runinfo.SUCCEEDED
+
+
+def test_run_info_replaced_by_a_fifo_while_running_does_not_hang_the_agent(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    project = make_project(tmp_path / "share", "proj", {"run.sh": SLOW})
+    _, go = _slow_run(tmp_path, project, "proj")
+    with agent(config) as records:
+        wait_for("the run to start", lambda: _state(project) == runinfo.RUNNING)
+        path = project / "results" / "run_0" / "run.info"
+        path.unlink()
+        os.mkfifo(path)
+        go.touch()
+    assert info(project).state == runinfo.SUCCEEDED
+    assert any("changed or removed by someone else" in line for line in records.lines)
