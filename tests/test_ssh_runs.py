@@ -241,7 +241,8 @@ def _toml(text: str) -> str:
 
 def test_a_dropped_connection_mid_run_is_survived(root: Path, sshd_server: SshServer) -> None:
     config = write_ssh_config(root, sshd_server)
-    script = "#!/bin/sh\nmkdir -p output\necho started\nwhile [ ! -f go ]; do sleep 0.1; done\n"
+    script = "#!/bin/sh\nmkdir -p output\necho started\ni=0\n"
+    script += "while [ ! -f go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done\n"
     script += "echo done > output/result.txt\necho finished\n"
     project = make_project(root / "share", "proj", {"run.sh": script})
     run_dir = project / "results" / "run_0"

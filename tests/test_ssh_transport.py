@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from agent.hosts.ssh import (
     make_remote_command,
     make_rsync_target,
     make_ssh_argv,
+    with_ssh_defaults,
 )
 
 from testbed import SshServer, keygen, require_tool
@@ -112,6 +114,19 @@ def test_make_ssh_argv_without_known_hosts_trusts_nothing() -> None:
     argv = make_ssh_argv(HostConfig(name="gpu", kind="ssh", address="h"), Path("/s"))
     assert "UserKnownHostsFile=/dev/null" in argv
     assert "StrictHostKeyChecking=yes" in argv
+
+
+def test_unset_key_and_known_hosts_default_to_the_users_ssh_files(tmp_path: Path) -> None:
+    bare = HostConfig(name="gpu", kind="ssh", address="h")
+    assert with_ssh_defaults(bare, tmp_path) == replace(
+        bare, known_hosts=tmp_path / ".ssh" / "known_hosts"
+    )
+    (tmp_path / ".ssh").mkdir()
+    for name in ("id_rsa", "id_ecdsa"):
+        (tmp_path / ".ssh" / name).write_text("")
+    assert with_ssh_defaults(bare, tmp_path).key == tmp_path / ".ssh" / "id_ecdsa"
+    own = replace(bare, key=Path("/k"), known_hosts=Path("/kh"))
+    assert with_ssh_defaults(own, tmp_path) == own
 
 
 def test_control_dir_stays_under_the_socket_path_limit() -> None:
