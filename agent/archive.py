@@ -199,6 +199,23 @@ def _add_entries(
             yield entry, stat.S_IMODE(info.mode) if entry.kind == "d" else 0, detail, 0
 
 
+def tree_signature(bin_dir: Path, exclude: Sequence[str]) -> str:
+    """Return a cheap fingerprint (paths, kinds, sizes, mtimes) of what would be archived.
+
+    Equal fingerprints taken before an upload and after the archive mean the archive holds
+    the code exactly as uploaded. Raises OSError.
+    """
+    digest = hashlib.sha256()
+    for entry in select_entries(bin_dir, exclude):
+        try:
+            st = (bin_dir / entry.path).lstat()
+        except FileNotFoundError:
+            digest.update(f"{entry.path}\0gone\n".encode())
+            continue
+        digest.update(f"{entry.path}\0{entry.kind}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def make_archive(bin_dir: Path, exclude: Sequence[str], dest: Path) -> ArchiveInfo:
     """Write ``bin_dir`` minus ``exclude`` to the file ``dest`` (``bin.tar.gz``) atomically.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import runinfo
-from agent.archive import make_archive
+from agent.archive import make_archive, tree_signature
 from agent.config import AgentConfig
 from agent.hosts.base import Host, HostError, LaunchSpec, ProcStatus, RunRef
 from agent.runinfo import RunInfo
@@ -118,6 +118,7 @@ class RunDriver:
         self.host_config = ctx.config.hosts[self.host.name]
         self.project_dir = run_dir.parent.parent
         self.written = _peek(self.info_path)  # to notice edits made by someone else
+        self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
         self.reason_before_full: str | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -212,7 +213,11 @@ class RunDriver:
         self.move(runinfo.UPLOADING)
 
     def upload_and_launch(self) -> None:
-        """Archive and upload ``bin/``, start the script, and move to ``running``."""
+        """Upload ``bin/``, start the script, and move to ``running``.
+
+        The archive is made once the script runs (gzip of a large bin/ takes seconds);
+        a fingerprint taken before the upload tells whether it still matches.
+        """
         self.host.run_starting()
         # Checked again here, and the real path used from now on: bin/ may have been
         # swapped for a link out of the share while the run was queued.
@@ -220,9 +225,7 @@ class RunDriver:
         if not bin_dir.is_relative_to(self.ctx.config.share.resolve()):
             self.end(runinfo.ERROR, "bin/ is a link that points outside the share")
             return
-        archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
-        self.info.bin_files, self.info.bin_bytes = archive.files, archive.bytes
-        self.info.bin_sha256 = archive.sha256
+        self.uploaded_signature = tree_signature(bin_dir, self.settings.exclude)
         self.info.remote_dir = self.host.remote_dir(self.ref)
         self.info.bytes_uploaded = self.retry(
             lambda: self.host.upload(self.ref, bin_dir, self.settings.exclude), "upload"
@@ -240,6 +243,24 @@ class RunDriver:
         self.info.start_epoch = now
         self.info.start_time = runinfo.date_string(now)
         self.move(runinfo.RUNNING)
+
+    def archive(self) -> None:
+        """Write ``bin.tar.gz`` and its figures into run.info.
+
+        If bin/ changed since this driver uploaded it (or the upload happened before an
+        agent restart), run.info says that the archive may differ from the uploaded code.
+        """
+        bin_dir = (self.project_dir / "bin").resolve()
+        archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
+        self.info.bin_files, self.info.bin_bytes = archive.files, archive.bytes
+        self.info.bin_sha256 = archive.sha256
+        if self.uploaded_signature != tree_signature(bin_dir, self.settings.exclude):
+            self.info.bin_note = (
+                "bin/ changed between the upload and the archive (or the agent restarted "
+                "in between): bin.tar.gz may differ from the code that runs"
+            )
+            self.ctx.log.warning("%s: %s", self.ref.label, self.info.bin_note)
+        self.save()
 
     def read_gpu_names(self, devices: str | None) -> list[str] | None:
         """Return the names of the run's GPUs, or None if the host cannot tell.
@@ -350,6 +371,8 @@ class RunDriver:
 
     def watch(self) -> None:
         """Stream the log and mirror outputs until the process ends, times out or is cancelled."""
+        if self.info.bin_sha256 is None:
+            self.archive()
         last_mirror = self.ctx.clock()
         failing_since: float | None = None
         while True:

@@ -173,3 +173,15 @@ def test_failed_archive_keeps_old_file(tmp_path: Path) -> None:
         make_archive(tmp_path / "missing", [], dest)
     assert dest.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["bin.tar.gz"]
+
+
+def test_tree_signature_follows_what_would_be_archived(tmp_path):
+    from agent.archive import tree_signature
+
+    (tmp_path / "a.py").write_text("1")
+    (tmp_path / "skip.pyc").write_text("x")
+    first = tree_signature(tmp_path, ["*.pyc"])
+    (tmp_path / "skip.pyc").write_text("changed, but excluded")
+    assert tree_signature(tmp_path, ["*.pyc"]) == first
+    (tmp_path / "a.py").write_text("22")
+    assert tree_signature(tmp_path, ["*.pyc"]) != first
