@@ -363,3 +363,24 @@ def test_a_project_toml_that_is_not_a_plain_file_is_refused_unread(
     assert "project.toml" in error
     assert "hunter2" not in error and "password" not in error
     assert not (project / "results").exists()
+
+
+def test_ssh_files_in_folders_with_odd_names_work(tmp_path: Path, sshd_server: SshServer) -> None:
+    """The admin's key and known_hosts may live in folders with spaces, % and $ in them."""
+    odd = tmp_path / "keys 50% $HOME (x)"
+    odd.mkdir()
+    key = odd / "id %C"
+    key.write_bytes(sshd_server.key.read_bytes())
+    key.chmod(0o600)
+    known = sshd_server.write_known_hosts(odd / "known %h")
+    config = write_ssh_config(tmp_path, sshd_server, host_extra="")
+    text = config.read_text()
+    text = text.replace(f'key = "{sshd_server.key}"', f'key = "{key}"')
+    text = text.replace(f'known_hosts = "{sshd_server.known_hosts}"', f'known_hosts = "{known}"')
+    config.write_text(text)
+    project = make_project(tmp_path / "share", "proj", {"run.sh": TRAIN})
+    drop(project, "")
+    run_once(config)
+    result = info(project)
+    assert result.state == runinfo.SUCCEEDED, result.reason
+    assert (project / "results" / "run_0" / "output" / "result.txt").exists()

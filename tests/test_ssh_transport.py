@@ -73,8 +73,8 @@ def test_make_ssh_argv_is_batch_strict_and_multiplexed() -> None:
         "ssh",
         "-p",
         "2222",
-        "-i",
-        "/var/lib/droprun/id_ed25519",
+        "-o",
+        "IdentityFile=/var/lib/droprun/id_ed25519",
         "-o",
         "BatchMode=yes",
         "-o",
@@ -105,7 +105,7 @@ def test_make_ssh_argv_quotes_spaces_and_escapes_percent() -> None:
         name="gpu", kind="ssh", address="h", key=Path("/k/50%"), known_hosts=Path("/my dir/kh")
     )
     argv = make_ssh_argv(config, Path("/st ate/ssh"))
-    assert argv[argv.index("-i") + 1] == "/k/50%%"
+    assert "IdentityFile=/k/50%%" in argv
     assert 'UserKnownHostsFile="/my dir/kh"' in argv
     assert 'ControlPath="/st ate/ssh/cm-%C"' in argv
 

@@ -92,7 +92,9 @@ def make_ssh_argv(config: HostConfig, control_dir: Path) -> list[str]:
     known_hosts = _ssh_config_path(config.known_hosts) if config.known_hosts else "/dev/null"
     argv = ["ssh", "-p", str(config.port)]
     if config.key is not None:
-        argv += ["-i", str(config.key).replace("%", "%%")]
+        # Not "-i": ssh checks that file before expanding %%, so a key path with % is
+        # dropped with only a warning. IdentityFile is read like the other options.
+        argv += ["-o", f"IdentityFile={_ssh_config_path(config.key)}"]
     options = [
         "BatchMode=yes",
         "IdentitiesOnly=yes",
