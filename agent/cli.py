@@ -125,7 +125,7 @@ def status_rows(config: AgentConfig, project: str | None = None) -> list[list[st
         if project and run_dir.parent.parent.name != project:
             continue
         try:
-            info = runinfo.load(run_dir / "run.info")
+            info = runinfo.load(run_dir / "run.info", summary=True)
         except runinfo.RunInfoError:
             rows.append([run_dir.parent.parent.name, run_dir.name, "?", "-", "-", "-", "-"])
             continue

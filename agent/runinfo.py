@@ -159,12 +159,23 @@ class RunInfo:
             raise RunInfoError(f"{where}: {exc}") from exc
 
 
-def load(path: Path) -> RunInfo:
-    """Read the run.info at ``path``. Raises RunInfoError if missing or invalid."""
+def load(path: Path, *, summary: bool = False) -> RunInfo:
+    """Read the run.info at ``path``. Raises RunInfoError if missing or invalid.
+
+    With ``summary``, only the top-level keys are parsed (``effective`` and ``history``
+    stay empty): three times less work for listings over thousands of runs.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RunInfoError(f"{path}: cannot read ({exc})") from exc
+    if summary:
+        head, sep, _ = text.partition("\n[")
+        if sep:
+            try:
+                return RunInfo.from_toml(head + "\n", str(path))
+            except RunInfoError:
+                pass  # e.g. a multi-line string holding "\n[": read the whole file below
     return RunInfo.from_toml(text, str(path))
 
 

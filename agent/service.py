@@ -167,7 +167,9 @@ def resume(ctx: RunContext, scheduler: Scheduler) -> int:
         if not path.exists():
             continue
         try:
-            info = runinfo.load(path)
+            if runinfo.load(path, summary=True).terminal:
+                continue
+            info = runinfo.load(path)  # in full: it is written back
         except runinfo.RunInfoError as exc:
             ctx.log.warning("%s: skipped: %s", run_dir, exc)
             continue

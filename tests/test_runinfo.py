@@ -51,3 +51,18 @@ def test_terminal_states_are_final():
     info.transition(runinfo.SUCCEEDED)
     with pytest.raises(ValueError):
         info.transition(runinfo.RUNNING)
+
+
+def test_summary_reads_the_top_level_keys_only(tmp_path):
+    info = RunInfo(project="p", run=1, notes="a\n[not a table]\n", exit_code=2)
+    info.effective = {"timeout": "1h"}
+    info.transition(runinfo.FAILED)
+    path = tmp_path / "run.info"
+    runinfo.save(path, info)
+    summary = runinfo.load(path, summary=True)
+    assert (summary.state, summary.exit_code, summary.notes) == ("failed", 2, info.notes)
+    plain = RunInfo(project="p", run=2, exit_code=0)
+    plain.effective = {"timeout": "1h"}
+    runinfo.save(path, plain)
+    summary = runinfo.load(path, summary=True)
+    assert summary.exit_code == 0 and summary.effective == {}
