@@ -220,7 +220,7 @@ HOST_FIELDS: tuple[Field, ...] = (
     Field("user", USER, None, "Login name on the server (ssh).", example="train"),
     Field(
         "key",
-        LOCAL_PATH,
+        SSH_FILE,
         None,
         "Private key file for ssh (unset: ssh's default).",
         example="~/.ssh/id_ed25519",
