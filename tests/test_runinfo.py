@@ -60,7 +60,7 @@ def test_summary_reads_the_top_level_keys_only(tmp_path):
     path = tmp_path / "run.info"
     runinfo.save(path, info)
     summary = runinfo.load(path, summary=True)
-    assert (summary.state, summary.exit_code, summary.notes) == ("failed", 2, info.notes)
+    assert (summary.state, summary.exit_code, summary.run) == ("failed", 2, 1)
     plain = RunInfo(project="p", run=2, exit_code=0)
     plain.effective = {"timeout": "1h"}
     runinfo.save(path, plain)
