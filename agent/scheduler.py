@@ -114,9 +114,16 @@ class Scheduler:
         self.queues = {name: HostQueue(ctx, name) for name in ctx.hosts}
 
     def start(self) -> None:
-        """Start every host's workers."""
+        """Start every host's workers, and the thread that lets idle hosts power off."""
         for q in self.queues.values():
             q.start()
+        # Off the main loop: a power command to a host that hangs must not stall intake.
+        threading.Thread(target=self.watch_idle, name="power", daemon=True).start()
+
+    def watch_idle(self, every: float = 0.5) -> None:
+        """Tell hosts how long they have been idle, every ``every`` s, until stop."""
+        while not self.ctx.stop.wait(every):
+            self.check_idle()
 
     def submit(self, run_dir: Path, info: runinfo.RunInfo) -> None:
         """Queue an accepted (or resumed) run on its host, recording ``queued`` if new."""

@@ -295,7 +295,6 @@ class Agent:
             if self.once and not self.intake.pending and not self.scheduler.busy():
                 return
             self.sync_watches(projects=False)  # project folders change only on hints
-            self.scheduler.check_idle()
 
     def close(self) -> None:
         """Stop the watcher."""
