@@ -174,16 +174,21 @@ def test_a_corrupt_run_info_at_start_is_reported_and_other_runs_go_on(tmp_path: 
     (broken / "results" / "run_0" / "run.info").write_text('format = 1\nstate = "running"\n')
     (broken / "results" / "run_1").mkdir()
     (broken / "results" / "run_1" / "run.info").write_bytes(b"\xff\xfe garbage")
+    (broken / "results" / "run_2").mkdir()  # would be read forever
+    os.symlink("/dev/zero", broken / "results" / "run_2" / "run.info")
+    (broken / "results" / "run_3").mkdir()  # would block the agent
+    os.mkfifo(broken / "results" / "run_3" / "run.info")
     good = make_project(share, "good", {"run.sh": QUICK})
     drop(good, "")
     drop(broken, "")
     with agent(config) as records:
         pass
     assert info(good).state == runinfo.SUCCEEDED
-    assert info(broken, 2).state == runinfo.SUCCEEDED  # the numbers go on past broken ones
+    assert info(broken, 4).state == runinfo.SUCCEEDED  # the numbers go on past broken ones
     skipped = [line for line in records.lines if "skipped" in line]
     assert any("broken/results/run_0" in line and "'project'" in line for line in skipped)
-    assert any("broken/results/run_1" in line for line in skipped)
+    for n in (1, 2, 3):
+        assert any(f"broken/results/run_{n}" in line for line in skipped), n
     assert (broken / "results" / "run_1" / "run.info").read_bytes() == b"\xff\xfe garbage"
 
 
