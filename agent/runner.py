@@ -251,6 +251,15 @@ class RunDriver:
         agent restart), run.info says that the archive may differ from the uploaded code.
         """
         bin_dir = (self.project_dir / "bin").resolve()
+        if not bin_dir.is_relative_to(self.ctx.config.share.resolve()):
+            # Swapped for a link out of the share since the upload: archiving it would
+            # copy files from outside the share into it.
+            self.info.bin_note = (
+                "bin/ became a link out of the share after the upload: not archived"
+            )
+            self.ctx.log.warning("%s: %s", self.ref.label, self.info.bin_note)
+            self.save()
+            return
         archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
         self.info.bin_files, self.info.bin_bytes = archive.files, archive.bytes
         self.info.bin_sha256 = archive.sha256

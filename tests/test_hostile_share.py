@@ -384,3 +384,31 @@ def test_ssh_files_in_folders_with_odd_names_work(tmp_path: Path, sshd_server: S
     result = info(project)
     assert result.state == runinfo.SUCCEEDED, result.reason
     assert (project / "results" / "run_0" / "output" / "result.txt").exists()
+
+
+def test_a_bin_folder_swapped_for_a_link_after_the_upload_is_not_archived(
+    tmp_path: Path,
+) -> None:
+    """The archive is made once the script runs; bin/ may have become a link by then."""
+    import logging
+
+    from agent import share
+    from agent.runner import RunDriver
+    from agent.service import make_context
+
+    config = load_agent_config(write_config(tmp_path))
+    outside = _outside(tmp_path)
+    project = make_project(tmp_path / "share", "proj", {"run.sh": TRAIN})
+    accepted = share.accept(drop(project, ""), config)
+    assert isinstance(accepted, share.Accepted)
+    driver = RunDriver(make_context(config, logging.getLogger("droprun.test")), accepted.run_dir)
+    driver.prepare()
+    driver.upload_and_launch()
+    assert driver.info.state == runinfo.RUNNING
+    (project / "bin").rename(project / "bin.old")
+    os.symlink(outside, project / "bin")
+    driver.drive()
+    result = info(project)
+    assert result.state == runinfo.SUCCEEDED
+    assert "not archived" in (result.bin_note or "")
+    assert not (project / "results" / "run_0" / "bin.tar.gz").exists()
