@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from agent import runinfo
-from agent.runner import RunContext, RunDriver
+from agent.context import RunContext
+from agent.runner import RunDriver
 
 
 class HostQueue:

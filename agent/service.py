@@ -14,9 +14,9 @@ from pathlib import Path
 
 from agent import runinfo, share
 from agent.config import AgentConfig
+from agent.context import RunContext
 from agent.hosts import open_host
 from agent.problems import UserError
-from agent.runner import RunContext
 from agent.scheduler import Scheduler
 from agent.watcher import Hint, Watcher, WatchLimitError, is_request_name, open_watcher
 
