@@ -6,33 +6,57 @@ transfer root; a pattern with another ``/`` (or a ``**``) is matched against the
 the path at a component boundary; any other pattern matches the name at any depth.
 ``*`` and ``?`` stop at ``/``, ``**`` does not, ``[...]`` is a class, ``dir/***``
 matches ``dir`` and everything in it. An excluded directory is not entered.
+
+Anyone on the share may change ``bin/`` while it is read, so the tree is walked with
+directory fds and ``O_NOFOLLOW`` at every step: a file or folder swapped for a link after
+it was selected is never followed (that would copy a file from outside the share into
+``bin.tar.gz``, which lies on the share), and a FIFO swapped in never blocks. An entry that
+changed type or vanished between selection and reading is left out of the archive and
+listed in ``ArchiveInfo.skipped``; the archive and its hash hold exactly what was read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import grp
 import gzip
 import hashlib
 import os
+import pwd
 import re
 import stat
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from agent.fsutil import atomic_file
 
 EntryKind = Literal["f", "l", "d"]
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+# What a path that changed under us gives: gone, now a link, or a folder on the way that
+# is now a link or a file.
+_RACED = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EINVAL})
+
 
 @dataclass(frozen=True)
 class ArchiveInfo:
-    """What went into ``bin.tar.gz``: regular files + links, their bytes, the tree hash."""
+    """What went into ``bin.tar.gz``: regular files + links, their bytes, the tree hash.
+
+    ``skipped``: selected paths left out because they vanished or changed type before they
+    were read. ``changed``: files stored, but whose size or time changed while being read
+    (one that shrank is padded with zero bytes to the size it had when opened).
+    """
 
     files: int
     bytes: int
     sha256: str
+    skipped: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,17 +159,17 @@ def is_excluded(path: str, is_dir: bool, rules: Sequence[ExcludeRule]) -> bool:
     return False
 
 
-def select_entries(root: Path, exclude: Sequence[str]) -> list[Entry]:
-    """Return the sorted entries below ``root`` that rsync would send with ``exclude``.
+def _open_root(root: Path) -> int:
+    """Return a directory fd of ``root``; raises OSError (also if ``root`` is a link)."""
+    return os.open(root, _DIR_FLAGS)
 
-    Symlinks are entries of their own (never followed); sockets, fifos and devices are
-    left out. Raises OSError if the tree cannot be read.
-    """
-    rules = compile_excludes(exclude)
+
+def _select(root_fd: int, rules: Sequence[ExcludeRule]) -> list[Entry]:
+    """Return the sorted entries below the directory ``root_fd`` (see select_entries)."""
     found: list[Entry] = []
 
-    def walk(directory: Path, prefix: str) -> None:
-        with os.scandir(directory) as it:
+    def walk(dir_fd: int, prefix: str) -> None:
+        with os.scandir(dir_fd) as it:
             entries = sorted(it, key=lambda e: e.name)
         for item in entries:
             rel = prefix + item.name
@@ -161,42 +185,159 @@ def select_entries(root: Path, exclude: Sequence[str]) -> list[Entry]:
                 continue
             found.append(Entry(rel, kind))
             if kind == "d":
-                walk(Path(item.path), rel + "/")
+                try:
+                    sub = os.open(item.name, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as exc:
+                    if exc.errno not in _RACED:
+                        raise
+                    continue  # swapped or gone since scandir: its own entry is checked later
+                try:
+                    walk(sub, rel + "/")
+                finally:
+                    os.close(sub)
 
-    walk(root, "")
+    walk(root_fd, "")
     return sorted(found, key=lambda e: e.path)
 
 
-class _HashingReader:
-    """A read-only file wrapper that feeds everything read into a hash."""
+def select_entries(root: Path, exclude: Sequence[str]) -> list[Entry]:
+    """Return the sorted entries below ``root`` that rsync would send with ``exclude``.
 
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
+    Symlinks are entries of their own (never followed); sockets, fifos and devices are
+    left out. Raises OSError if the tree cannot be read.
+    """
+    root_fd = _open_root(root)
+    try:
+        return _select(root_fd, compile_excludes(exclude))
+    finally:
+        os.close(root_fd)
+
+
+class _SizedReader:
+    """Reads exactly ``size`` bytes of the open file ``fd`` for tarfile, hashing them.
+
+    A file that shrank since its size was taken is padded with zero bytes (the tar header
+    already holds the size); ``short`` then says so.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._left = size
+        self.short = False
         self.digest = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
+        want = self._left if size < 0 else min(size, self._left)
+        data = b""
+        while len(data) < want:
+            chunk = os.read(self._fd, want - len(data))
+            if not chunk:
+                self.short = True
+                data += bytes(want - len(data))
+                break
+            data += chunk
+        self._left -= want
         self.digest.update(data)
         return data
 
 
-def _add_entries(
-    tar: tarfile.TarFile, root: Path, entries: Sequence[Entry]
-) -> Iterator[tuple[Entry, int, str, int]]:
-    """Add ``entries`` to ``tar``; yield (entry, mode, content digest or target, size)."""
-    for entry in entries:
-        full = root / entry.path
+def _tarinfo(arcname: str, st: os.stat_result, linkname: str = "") -> tarfile.TarInfo:
+    """Return the tar header of ``st`` (as ``TarFile.gettarinfo`` makes it)."""
+    info = tarfile.TarInfo(arcname)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.mtime = st.st_mtime
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, linkname
+    else:
+        info.type, info.size = tarfile.REGTYPE, st.st_size
+    # An id without a name here keeps only its number in the header.
+    with contextlib.suppress(KeyError):
+        info.uname = pwd.getpwuid(st.st_uid).pw_name
+    with contextlib.suppress(KeyError):
+        info.gname = grp.getgrgid(st.st_gid).gr_name
+    return info
+
+
+def _open_parent(root_fd: int, folders: Sequence[str]) -> int:
+    """Return a new fd of the folder ``folders`` below ``root_fd``, following no link."""
+    fd = os.dup(root_fd)
+    try:
+        for part in folders:
+            fd, old = os.open(part, _DIR_FLAGS, dir_fd=fd), fd
+            os.close(old)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> EntryKind | None:
+    """Return the entry kind of an ``st_mode``, None for fifos, sockets and devices."""
+    if stat.S_ISLNK(mode):
+        return "l"
+    if stat.S_ISDIR(mode):
+        return "d"
+    return "f" if stat.S_ISREG(mode) else None
+
+
+@dataclass(frozen=True)
+class _Added:
+    """One entry as stored: mode, content digest (or link target), size, changed on read."""
+
+    mode: int
+    detail: str
+    size: int
+    changed: bool = False
+
+
+def _add_file(tar: tarfile.TarFile, parent: int, name: str, arcname: str) -> _Added | None:
+    """Store the regular file ``name`` of folder ``parent``; None if it is not one now."""
+    fd = os.open(name, _FILE_FLAGS, dir_fd=parent)  # a link: ELOOP; a FIFO: no blocking
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        info = _tarinfo(arcname, before)
+        reader = _SizedReader(fd, info.size)
+        tar.addfile(info, fileobj=reader)  # type: ignore[arg-type]
+        after = os.fstat(fd)
+        grew = os.read(fd, 1) != b""
+    finally:
+        os.close(fd)
+    moved = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+    return _Added(info.mode, reader.digest.hexdigest(), info.size, reader.short or grew or moved)
+
+
+def _add_entry(tar: tarfile.TarFile, root_fd: int, entry: Entry) -> _Added | None:
+    """Store ``entry`` as it is now; None if it vanished or is no longer of its kind.
+
+    Raises OSError for other failures (reading the tree, writing the archive).
+    """
+    *folders, name = entry.path.split("/")
+    try:
+        parent = _open_parent(root_fd, folders)
+    except OSError as exc:
+        if exc.errno in _RACED:
+            return None
+        raise
+    try:
         if entry.kind == "f":
-            with open(full, "rb") as fh:
-                info = tar.gettarinfo(arcname=entry.path, fileobj=fh)
-                reader = _HashingReader(fh)
-                tar.addfile(info, fileobj=reader)  # type: ignore[arg-type]
-            yield entry, stat.S_IMODE(info.mode), reader.digest.hexdigest(), info.size
-        else:
-            info = tar.gettarinfo(str(full), arcname=entry.path)
-            tar.addfile(info)
-            detail = info.linkname if entry.kind == "l" else ""
-            yield entry, stat.S_IMODE(info.mode) if entry.kind == "d" else 0, detail, 0
+            return _add_file(tar, parent, name, entry.path)
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if _kind(st.st_mode) != entry.kind:
+            return None
+        target = os.readlink(name, dir_fd=parent) if entry.kind == "l" else ""
+        tar.addfile(_tarinfo(entry.path, st, target))
+        return _Added(stat.S_IMODE(st.st_mode) if entry.kind == "d" else 0, target, 0)
+    except OSError as exc:
+        if exc.errno in _RACED:
+            return None
+        raise
+    finally:
+        os.close(parent)
 
 
 def tree_signature(bin_dir: Path, exclude: Sequence[str]) -> str:
@@ -216,24 +357,58 @@ def tree_signature(bin_dir: Path, exclude: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def make_archive(bin_dir: Path, exclude: Sequence[str], dest: Path) -> ArchiveInfo:
-    """Write ``bin_dir`` minus ``exclude`` to the file ``dest`` (``bin.tar.gz``) atomically.
-
-    Entries are sorted and symlinks stored as links. The hash covers, in path order, each
-    entry's path, type, mode and content (or link target), so the same tree always gives
-    the same hash whatever the timestamps. Returns an ArchiveInfo; raises OSError.
-    """
-    entries = select_entries(bin_dir, exclude)
+def _write(root_fd: int, entries: Sequence[Entry], dest: Path) -> ArchiveInfo:
+    """Write ``entries`` below the directory ``root_fd`` to ``dest`` (see make_archive)."""
     tree_hash = hashlib.sha256()
     files = size = 0
+    skipped: list[str] = []
+    changed: list[str] = []
     with (
         atomic_file(dest) as raw,
         gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for entry, mode, detail, nbytes in _add_entries(tar, bin_dir, entries):
-            tree_hash.update(f"{entry.kind}\0{entry.path}\0{mode:o}\0{detail}\n".encode())
+        for entry in entries:
+            added = _add_entry(tar, root_fd, entry)
+            if added is None:
+                skipped.append(entry.path)
+                continue
+            if added.changed:
+                changed.append(entry.path)
+            tree_hash.update(
+                f"{entry.kind}\0{entry.path}\0{added.mode:o}\0{added.detail}\n".encode()
+            )
             if entry.kind != "d":
                 files += 1
-                size += nbytes
-    return ArchiveInfo(files=files, bytes=size, sha256=tree_hash.hexdigest())
+                size += added.size
+    return ArchiveInfo(files, size, tree_hash.hexdigest(), tuple(skipped), tuple(changed))
+
+
+def write_archive(bin_dir: Path, entries: Sequence[Entry], dest: Path) -> ArchiveInfo:
+    """Write the already selected ``entries`` of ``bin_dir`` to ``dest`` atomically.
+
+    Each entry is stored as what it is when read, never through a link; one that vanished
+    or changed type since it was selected is left out and listed in ``skipped``. Returns
+    an ArchiveInfo; raises OSError if ``bin_dir`` (not a link) or ``dest`` fails.
+    """
+    root_fd = _open_root(bin_dir)
+    try:
+        return _write(root_fd, entries, dest)
+    finally:
+        os.close(root_fd)
+
+
+def make_archive(bin_dir: Path, exclude: Sequence[str], dest: Path) -> ArchiveInfo:
+    """Write ``bin_dir`` minus ``exclude`` to the file ``dest`` (``bin.tar.gz``) atomically.
+
+    Entries are sorted and symlinks stored as links. The hash covers, in path order, each
+    stored entry's path, type, mode and content (or link target), so the same tree always
+    gives the same hash whatever the timestamps. A path that changes under the archive is
+    handled as in write_archive, without failing. Returns an ArchiveInfo; raises OSError if
+    ``bin_dir`` is missing or a link, cannot be read, or ``dest`` cannot be written.
+    """
+    root_fd = _open_root(bin_dir)
+    try:
+        return _write(root_fd, _select(root_fd, compile_excludes(exclude)), dest)
+    finally:
+        os.close(root_fd)

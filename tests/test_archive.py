@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.archive import make_archive, select_entries
+from agent.archive import make_archive, select_entries, write_archive
 
 TREE_FILES = [
     "run.sh",
@@ -185,3 +185,120 @@ def test_tree_signature_follows_what_would_be_archived(tmp_path):
     assert tree_signature(tmp_path, ["*.pyc"]) == first
     (tmp_path / "a.py").write_text("22")
     assert tree_signature(tmp_path, ["*.pyc"]) != first
+
+
+# -- a share user changing bin/ between selection and reading -----------------------------
+
+
+def _archived(dest: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(dest) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for m in members.values():
+            if m.isfile():
+                tar.extractfile(m).read()  # the archive is whole, every member readable
+    return members
+
+
+def _raw_tar(dest: Path) -> bytes:
+    import gzip
+
+    return gzip.decompress(dest.read_bytes())
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mod.py").write_text("TOP SECRET of the agent\n")
+    return outside / "mod.py"
+
+
+def test_file_swapped_for_a_link_after_selection_is_not_followed(
+    tree: Path, tmp_path: Path, secret: Path
+) -> None:
+    entries = select_entries(tree, [])
+    (tree / "train.py").unlink()
+    (tree / "train.py").symlink_to(secret)
+    dest = tmp_path / "bin.tar.gz"
+    info = write_archive(tree, entries, dest)
+    members = _archived(dest)
+    assert "train.py" not in members and "run.sh" in members
+    assert b"TOP SECRET" not in _raw_tar(dest)
+    assert info.skipped == ("train.py",)
+    # the archive and its hash hold what was read: the tree without the swapped file
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy, symlinks=True)
+    (copy / "train.py").unlink()
+    assert info.sha256 == make_archive(copy, [], tmp_path / "copy.tar.gz").sha256
+    assert info.files == make_archive(copy, [], tmp_path / "copy2.tar.gz").files
+
+
+def test_folder_swapped_for_a_link_after_selection_is_not_entered(
+    tree: Path, tmp_path: Path, secret: Path
+) -> None:
+    (tree / "pkg" / "mod.py").write_text("mine\n")
+    entries = select_entries(tree, [])
+    assert any(e.path == "pkg/mod.py" for e in entries)
+    (secret.parent / "__init__.py").write_text("")  # the same names as the real pkg/
+    (tree / "pkg").rename(tmp_path / "pkg.moved")
+    (tree / "pkg").symlink_to(secret.parent)
+    dest = tmp_path / "bin.tar.gz"
+    info = write_archive(tree, entries, dest)
+    assert not [name for name in _archived(dest) if name.startswith("pkg")]
+    assert b"TOP SECRET" not in _raw_tar(dest)
+    assert "pkg" in info.skipped and "pkg/mod.py" in info.skipped
+
+
+def test_fifo_swapped_in_is_skipped_without_blocking(tree: Path, tmp_path: Path) -> None:
+    import threading
+
+    entries = select_entries(tree, [])
+    (tree / "run.sh").unlink()
+    os.mkfifo(tree / "run.sh")
+    dest = tmp_path / "bin.tar.gz"
+    result: list[object] = []
+    worker = threading.Thread(
+        target=lambda: result.append(write_archive(tree, entries, dest)), daemon=True
+    )
+    worker.start()
+    worker.join(60)  # generous: the fixed code returns at once; the old one never did
+    assert not worker.is_alive(), "opening a FIFO swapped in for a file blocked the archive"
+    (info,) = result
+    assert "run.sh" not in _archived(dest) and info.skipped == ("run.sh",)
+
+
+def test_vanished_and_retyped_entries_are_skipped_not_fatal(tree: Path, tmp_path: Path) -> None:
+    entries = select_entries(tree, [])
+    (tree / "train.pyc").unlink()  # gone
+    (tree / "linkfile").unlink()
+    (tree / "linkfile").write_text("now a file\n")  # link -> file
+    shutil.rmtree(tree / "empty")
+    (tree / "empty").write_text("now a file\n")  # folder -> file
+    (tree / "a.pyc").unlink()
+    (tree / "a.pyc").mkdir()  # file -> folder
+    dest = tmp_path / "bin.tar.gz"
+    info = write_archive(tree, entries, dest)
+    assert set(info.skipped) == {"train.pyc", "linkfile", "empty", "a.pyc"}
+    assert not set(info.skipped) & set(_archived(dest))
+    assert "train.py" in _archived(dest)
+
+
+def test_file_shrunk_while_read_is_padded_and_reported(tmp_path: Path) -> None:
+    from agent.archive import _SizedReader
+
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.truncate(path, 4)
+        reader = _SizedReader(fd, 10)
+        assert reader.read(6) + reader.read(100) == b"0123" + bytes(6)
+    finally:
+        os.close(fd)
+    assert reader.short
+
+
+def test_bin_that_is_a_link_is_refused(tree: Path, tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tree)
+    with pytest.raises(OSError):
+        make_archive(tmp_path / "link", [], tmp_path / "bin.tar.gz")
