@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from agent.config import HostConfig
 from agent.durations import format_duration, parse_duration
 from agent.hosts.base import LaunchSpec
-from agent.hosts.ssh import make_remote_command, make_rsync_target, make_ssh_argv
+from agent.hosts.sshargs import make_remote_command, make_rsync_target, make_ssh_argv
 from agent.launcher import make_launcher
 from agent.problems import InvalidFile
 from agent.schema import RUN_FIELDS

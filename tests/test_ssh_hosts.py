@@ -21,7 +21,8 @@ import pytest
 from agent import runinfo
 from agent.hosts.base import RunRef
 from agent.hosts.shell import ShellHost
-from agent.hosts.ssh import SshTransport, make_control_dir
+from agent.hosts.ssh import SshTransport
+from agent.hosts.sshargs import make_control_dir
 from agent.service import make_context, serve
 from agent.settings import load_agent_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import runinfo
-from agent.hosts.ssh import make_control_dir
+from agent.hosts.sshargs import make_control_dir
 
 from shares import drop, info, make_project, run_once, write_ssh_config
 from testbed import SshServer

@@ -19,9 +19,9 @@ from testbed_netns import NetnsHost
 
 from agent.config import HostConfig
 from agent.hosts.base import HostError, HostKeyError
-from agent.hosts.ssh import (
+from agent.hosts.ssh import SshTransport
+from agent.hosts.sshargs import (
     MAX_SOCKET_PATH,
-    SshTransport,
     make_control_dir,
     make_remote_command,
     make_rsync_target,
