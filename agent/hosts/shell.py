@@ -7,65 +7,24 @@ run, so the local host and the ssh host share all run logic. Layout (DESIGN.md Â
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import importlib.resources
 import logging
 import math
-import os
 import posixpath
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.config import HostConfig
 from agent.hosts.base import HostError, LaunchSpec, MirrorResult, ProcStatus, RunRef
+from agent.hosts.mirror import Listing, ensure_staging, parse_listing, publish_settled
 from agent.launcher import make_launcher
 from agent.sync import make_pull_argv, make_upload_argv, run_rsync
 from agent.transport import CommandResult, Transport
 
-STAGING_NAME = ".droprun-staging"
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One entry of the helper's ``list``: type (``f`` or ``l``), size, mtime as printed."""
-
-    kind: str
-    size: int
-    mtime: str
-
-    @property
-    def mtime_s(self) -> int:
-        """Whole seconds of the mtime."""
-        return int(self.mtime.split(".", 1)[0])
-
-
-@dataclass(frozen=True)
-class Listing:
-    """The helper's view of an output dir: host time, whether the run is alive, files."""
-
-    now: float
-    alive: bool
-    files: dict[str, RemoteFile]
-
-
-def parse_listing(out: bytes) -> Listing:
-    """Parse ``list`` output: ``NOW ALIVE\\n`` then ``TYPE\\0PATH\\0SIZE\\0MTIME\\0``... (pure)."""
-    head, _, body = out.partition(b"\n")
-    now, alive = head.decode().split()
-    fields = body.split(b"\0")
-    files = {}
-    for i in range(0, len(fields) - 3, 4):
-        kind, path, size, mtime = (f.decode("utf-8", "surrogateescape") for f in fields[i : i + 4])
-        files[path] = RemoteFile(kind, int(size), mtime)
-    return Listing(float(now), alive == "1", files)
 
 
 def parse_status(out: bytes) -> ProcStatus:
@@ -318,97 +277,14 @@ class ShellHost:
         before = self._list(ref, output_dir)
         if not before.files:
             return MirrorResult(0, 0, 0)
-        staging = dest.parent / STAGING_NAME
-        staging.mkdir(parents=True, exist_ok=True)
-        if staging.is_symlink():  # rsync --delete would follow it: anything could be lost
-            raise HostError(f"{staging} is a link (made by someone else); refusing to sync")
+        staging = ensure_staging(dest)
         src = posixpath.join(self.remote_dir(ref), output_dir)
         argv = make_pull_argv(
             self.transport.rsync_target(src), str(staging), self.transport.rsync_shell()
         )
         stats = run_rsync(argv, timeout=self.rsync_timeout, ok_codes=(0, 24))
         after = self._list(ref, output_dir)
-        published = pending = 0
-        for path, remote in sorted(after.files.items()):
-            settled = not after.alive or after.now - float(remote.mtime) >= self.quiet
-            stable = before.files.get(path) == remote and settled
-            if not stable or not _staged_matches(staging / path, remote):
-                pending += 1
-            elif _publish(staging / path, dest, path):
-                published += 1
+        published, pending = publish_settled(before, after, staging, dest, self.quiet)
         if final and not pending:
             shutil.rmtree(staging)
         return MirrorResult(stats.bytes_received, published, pending)
-
-
-def _staged_matches(staged: Path, remote: RemoteFile) -> bool:
-    """Return True if the staged copy has the remote file's type, size and mtime."""
-    try:
-        st = staged.lstat()
-    except FileNotFoundError:
-        return False
-    if remote.kind == "l":
-        return stat.S_ISLNK(st.st_mode)
-    return (
-        stat.S_ISREG(st.st_mode)
-        and st.st_size == remote.size
-        and (int(st.st_mtime) == remote.mtime_s)
-    )
-
-
-def _open_dir(parent: Path, parts: Sequence[str]) -> int:
-    """Return an fd of ``parent/parts...``, creating missing folders; never following a link.
-
-    Walking with directory fds and O_NOFOLLOW means that a link put on the way by a share
-    user (or published earlier from the server) cannot lead a file out of the run folder.
-    """
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    fd = os.open(parent, flags)
-    try:
-        for part in parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, dir_fd=fd)
-            fd, old = os.open(part, flags, dir_fd=fd), fd
-            os.close(old)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _publish(staged: Path, dest: Path, rel: str) -> bool:
-    """Make ``staged`` visible as ``dest/rel`` atomically; return False if it already was.
-
-    Raises HostError if it cannot be (a directory in the way, or a link on the way).
-    """
-    staged_st = staged.lstat()
-    *folders, name = rel.split("/")
-    final = dest / rel
-    try:
-        fd = _open_dir(dest.parent, [dest.name, *folders])
-    except OSError as exc:
-        why = "a link or a file is in the way" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else ""
-        raise HostError(f"cannot publish {final}: {why or exc}") from exc
-    try:
-        try:
-            final_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if (final_st.st_dev, final_st.st_ino) == (staged_st.st_dev, staged_st.st_ino):
-                return False
-            both_links = stat.S_ISLNK(staged_st.st_mode) and stat.S_ISLNK(final_st.st_mode)
-            if both_links and os.readlink(name, dir_fd=fd) == os.readlink(staged):
-                return False
-        except FileNotFoundError:
-            pass
-        tmp = f".{name}.droprun-tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=fd)
-        if stat.S_ISLNK(staged_st.st_mode):
-            os.symlink(os.readlink(staged), tmp, dir_fd=fd)
-        else:
-            os.link(staged, tmp, dst_dir_fd=fd)
-        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-    except OSError as exc:
-        raise HostError(f"cannot publish {final}: {exc}") from exc
-    finally:
-        os.close(fd)
-    return True
