@@ -7,10 +7,12 @@ writes a ``*.error`` beside it. A user's file is never deleted or overwritten.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pwd
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +20,14 @@ from pathlib import Path
 from agent import runinfo
 from agent.config import AgentConfig
 from agent.fsutil import atomic_write
-from agent.problems import InvalidFile
+from agent.problems import InvalidFile, Problem
 from agent.runinfo import RunInfo
 from agent.settings import MAX_REQUEST_BYTES, merge, parse_request, read_project_layer
 
 REQUEST_SUFFIX = ".request"
 RUN_DIR_RE = re.compile(r"^run_(\d+)$")
 COUNTER_NAME = ".next_run"
+_TYPE_NAMES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device"}
 JUNK_NAMES = frozenset(
     {".DS_Store", "Thumbs.db", "desktop.ini", "@eaDir", "#recycle", "#snapshot", ".droprun"}
 )
@@ -190,10 +193,41 @@ def _project_problems(project: Path, share: Path) -> list[str]:
     return []
 
 
-def read_request(request: Path) -> bytes:
-    """Read at most ``MAX_REQUEST_BYTES + 1`` bytes of ``request``, never all of a huge file."""
-    with open(request, "rb") as f:
-        return f.read(MAX_REQUEST_BYTES + 1)
+def read_request(request: Path, shown_as: str | None = None) -> bytes:
+    """Read at most ``MAX_REQUEST_BYTES + 1`` bytes of the regular file ``request``.
+
+    The file is opened once, without following a link and without blocking, and the open
+    file itself is checked, so a link or FIFO swapped in after accept()'s lstat is neither
+    followed nor waited on. Raises InvalidFile if it is not a regular file now,
+    FileNotFoundError if it is gone, OSError for failures of the share. ``shown_as`` is
+    the file name the problem names (default: ``request``'s).
+    """
+
+    def refuse(what: str) -> InvalidFile:
+        message = f"is {what}, not a regular file; save the request itself here"
+        return InvalidFile([Problem(shown_as or request.name, None, None, message)])
+
+    try:
+        fd = os.open(request, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refuse("a link") from exc
+        if exc.errno == errno.ENXIO:  # a socket
+            raise refuse("a socket") from exc
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(_TYPE_NAMES.get(stat.S_IFMT(mode), "a special file"))
+        data = b""
+        while len(data) <= MAX_REQUEST_BYTES:
+            chunk = os.read(fd, MAX_REQUEST_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
 
 
 def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
@@ -203,13 +237,15 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
     """
     project = request.parent
     st = request.lstat()
-    if not request.is_file() or request.is_symlink():
+    if not stat.S_ISREG(st.st_mode):
         return reject(request, [f"{request.name} is not a regular file"])
     problems = _project_problems(project, config.share)
     if problems:
         return reject(request, problems)
-    data = read_request(request)
     try:
+        # lstat said "regular file", but it may have been swapped since: read_request
+        # checks the file it actually opens.
+        data = read_request(request)
         layer_project = read_project_layer(project / "project.toml", config.hosts.keys())
         layer_request = parse_request(data, request.name, config.hosts.keys())
     except InvalidFile as exc:
@@ -222,15 +258,15 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
     except FileNotFoundError:
         run_dir.rmdir()  # the request vanished; the number stays used, the empty folder goes
         raise
-    moved = target.read_bytes()
-    if moved != data:  # changed between our read and the rename: validate what we own now
-        try:
+    try:
+        moved = read_request(target, shown_as=request.name)  # swapped before the rename?
+        if moved != data:  # changed between our read and the rename: validate what we own now
             layer_request = parse_request(moved, request.name, config.hosts.keys())
-        except InvalidFile as exc:
-            os.rename(target, request)
-            run_dir.rmdir()
-            return reject(request, [str(p) for p in exc.problems])
-        effective = merge(config.defaults, layer_project, layer_request)
+            effective = merge(config.defaults, layer_project, layer_request)
+    except InvalidFile as exc:
+        os.rename(target, request)
+        run_dir.rmdir()
+        return reject(request, [str(p) for p in exc.problems])
     info = RunInfo(
         project=project.name,
         run=number,

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from agent import runinfo, share
+from agent.problems import InvalidFile
 from agent.settings import MAX_REQUEST_BYTES, load_agent_config
 
 from shares import drop, make_project, write_config
@@ -138,3 +139,69 @@ def test_broken_project_toml_rejects_the_request_and_names_it(config):
     project = make_project(config.share, "p", {"run.sh": ""}, project_toml="timeout = \n")
     error = reject_text(share.accept(drop(project, ""), config))
     assert "project.toml" in error
+
+
+# -- the request swapped for a link, FIFO or folder after accept()'s lstat ----------------
+
+
+def _read_in_thread(path):
+    """Return what read_request(path) returned or raised; fail if it blocks."""
+    import threading
+
+    result = []
+
+    def read():
+        try:
+            result.append(share.read_request(path))
+        except Exception as exc:  # handed to the test, which checks it
+            result.append(exc)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(60)  # generous: the fixed code returns at once; the old one never did
+    assert not worker.is_alive(), f"read_request({path.name}) blocked"
+    return result[0]
+
+
+def test_read_request_refuses_a_fifo_without_blocking(tmp_path):
+    fifo = tmp_path / "run.request"
+    os.mkfifo(fifo)
+    outcome = _read_in_thread(fifo)
+    assert isinstance(outcome, InvalidFile)
+    assert "run.request: is a FIFO, not a regular file" in str(outcome)
+
+
+def test_read_request_refuses_a_link_and_never_reads_its_target(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text('name = "agent secret"\n')
+    link = tmp_path / "run.request"
+    link.symlink_to(secret)
+    outcome = _read_in_thread(link)
+    assert isinstance(outcome, InvalidFile)
+    assert "is a link" in str(outcome) and "agent secret" not in str(outcome)
+    (tmp_path / "dev.request").symlink_to("/dev/zero")  # would never end if followed
+    assert "is a link" in str(_read_in_thread(tmp_path / "dev.request"))
+
+
+def test_read_request_refuses_a_folder(tmp_path):
+    (tmp_path / "run.request").mkdir()
+    assert "is a folder" in str(_read_in_thread(tmp_path / "run.request"))
+
+
+def test_read_request_reads_a_plain_file_up_to_the_limit_plus_one(tmp_path):
+    small = tmp_path / "small.request"
+    small.write_text('name = "x"\n')
+    assert _read_in_thread(small) == b'name = "x"\n'
+    huge = tmp_path / "huge.request"
+    huge.write_bytes(b"x" * (MAX_REQUEST_BYTES * 3))
+    assert _read_in_thread(huge) == b"x" * (MAX_REQUEST_BYTES + 1)
+    with pytest.raises(FileNotFoundError):
+        share.read_request(tmp_path / "gone.request")
+
+
+def test_fifo_request_is_rejected_and_kept(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    os.mkfifo(project / "run.request")
+    result = share.accept(project / "run.request", config)
+    assert "not a regular file" in reject_text(result)
+    assert result.rejected.is_fifo() and not (project / "results").exists()
