@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.fsutil import atomic_file
+from agent.fsutil import atomic_file, open_dir
 
 EntryKind = Literal["f", "l", "d"]
 
@@ -261,19 +261,6 @@ def _tarinfo(arcname: str, st: os.stat_result, linkname: str = "") -> tarfile.Ta
     return info
 
 
-def _open_parent(root_fd: int, folders: Sequence[str]) -> int:
-    """Return a new fd of the folder ``folders`` below ``root_fd``, following no link."""
-    fd = os.dup(root_fd)
-    try:
-        for part in folders:
-            fd, old = os.open(part, _DIR_FLAGS, dir_fd=fd), fd
-            os.close(old)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _kind(mode: int) -> EntryKind | None:
     """Return the entry kind of an ``st_mode``, None for fifos, sockets and devices."""
     if stat.S_ISLNK(mode):
@@ -318,7 +305,7 @@ def _add_entry(tar: tarfile.TarFile, root_fd: int, entry: Entry) -> _Added | Non
     """
     *folders, name = entry.path.split("/")
     try:
-        parent = _open_parent(root_fd, folders)
+        parent = open_dir(root_fd, folders)
     except OSError as exc:
         if exc.errno in _RACED:
             return None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -42,3 +45,68 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (temp file beside it, fsync, rename)."""
     with atomic_file(path) as out:
         out.write(data)
+
+
+_TYPE_NAMES = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+class NotPlainFile(OSError):
+    """A path that is not a regular file: ``what`` says what it is instead ("a link"...)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(f"{path}: is {what}, not a regular file")
+        self.what = what
+
+
+def read_plain(path: Path, limit: int | None = None, *, follow: bool = False) -> bytes:
+    """Return the bytes of the regular file ``path`` (at most ``limit + 1`` of them).
+
+    Anyone may write to the share, so the file is opened once, without blocking and (unless
+    ``follow``) without following a link, and the open file itself is checked: a FIFO,
+    device or link put there is refused unread instead of blocking, reading forever or
+    leaking another file. Raises NotPlainFile, FileNotFoundError, or OSError.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise NotPlainFile(path, "a link") from exc
+        if exc.errno == errno.ENXIO:  # opening a socket
+            raise NotPlainFile(path, "a socket") from exc
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotPlainFile(path, _TYPE_NAMES.get(stat.S_IFMT(mode), "a special file"))
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if limit is None else f.read(limit + 1)
+
+
+def open_dir(start: Path | int, parts: Sequence[str] = (), *, create: bool = False) -> int:
+    """Return a new fd of the folder ``start/parts...``, never following a link on the way.
+
+    Walking with folder fds and O_NOFOLLOW means a link put on the way by a share user
+    cannot lead a read or a write out of the folder. ``start`` is a path or a folder fd
+    (not closed); ``create`` makes missing folders. Raises OSError (ELOOP or ENOTDIR for
+    a link in the way).
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    fd = os.dup(start) if isinstance(start, int) else os.open(start, flags)
+    try:
+        for part in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=fd)
+            fd, old = os.open(part, flags, dir_fd=fd), fd
+            os.close(old)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -6,8 +6,6 @@ atomically (temp file in the same folder, fsync, rename) so a reader never sees 
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -17,7 +15,7 @@ from typing import Any
 
 import tomlkit
 
-from agent.fsutil import atomic_write
+from agent.fsutil import atomic_write, read_plain
 from agent.problems import UserError
 
 FORMAT = 1
@@ -174,13 +172,10 @@ def _read_plain(path: Path) -> bytes:
     """Return the bytes of the plain file ``path``. Anyone may write to the share: a link
     (to /dev/zero, say), a FIFO or a huge file there raises OSError instead of blocking or
     reading forever."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_BYTES:
-        os.close(fd)
-        raise OSError(f"not a plain file of at most {MAX_BYTES} bytes")
-    with os.fdopen(fd, "rb") as f:
-        return f.read(MAX_BYTES)
+    data = read_plain(path, MAX_BYTES)
+    if len(data) > MAX_BYTES:
+        raise OSError(f"larger than {MAX_BYTES} bytes")
+    return data
 
 
 def _plain_values(lines: list[str]) -> dict[str, Any] | None:

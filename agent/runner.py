@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from agent import runinfo
 from agent.archive import make_archive, tree_signature
 from agent.context import RunContext
+from agent.fsutil import read_plain
 from agent.hosts.base import HostError, LaunchSpec, ProcStatus, RunRef
 from agent.runinfo import RunInfo
 from agent.settings import RunSettings, settings_from_table
@@ -177,30 +177,41 @@ class RunDriver:
         self.move(runinfo.RUNNING)
 
     def archive(self) -> None:
-        """Write ``bin.tar.gz`` and its figures into run.info.
+        """Write ``bin.tar.gz`` and its figures into run.info; whatever makes the archive
+        differ from the uploaded code is said in ``bin_note``.
 
-        If bin/ changed since this driver uploaded it (or the upload happened before an
-        agent restart), run.info says that the archive may differ from the uploaded code.
+        Never fails the run (the script is already running).
         """
         bin_dir = (self.project_dir / "bin").resolve()
         if not bin_dir.is_relative_to(self.ctx.config.share.resolve()):
             # Swapped for a link out of the share since the upload: archiving it would
             # copy files from outside the share into it.
-            self.info.bin_note = (
-                "bin/ became a link out of the share after the upload: not archived"
-            )
-            self.ctx.log.warning("%s: %s", self.ref.label, self.info.bin_note)
-            self.save()
+            self.note_bin("bin/ became a link out of the share after the upload: not archived")
             return
-        archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
+        try:
+            archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
+            moved_on = self.uploaded_signature != tree_signature(bin_dir, self.settings.exclude)
+        except OSError as exc:
+            self.note_bin(f"bin/ could not be archived: {exc}")
+            return
         self.info.bin_files, self.info.bin_bytes = archive.files, archive.bytes
         self.info.bin_sha256 = archive.sha256
-        if self.uploaded_signature != tree_signature(bin_dir, self.settings.exclude):
-            self.info.bin_note = (
-                "bin/ changed between the upload and the archive (or the agent restarted "
-                "in between): bin.tar.gz may differ from the code that runs"
-            )
-            self.ctx.log.warning("%s: %s", self.ref.label, self.info.bin_note)
+        notes = []
+        if archive.skipped:
+            notes.append(f"left out (gone or no longer a plain file): {_few(archive.skipped)}")
+        if archive.changed:
+            notes.append(f"changed while being archived: {_few(archive.changed)}")
+        if moved_on:
+            notes.append("bin/ changed after the upload (or the agent restarted in between)")
+        if notes:
+            self.note_bin("; ".join(notes) + "; bin.tar.gz may differ from the code that runs")
+        else:
+            self.save()
+
+    def note_bin(self, note: str) -> None:
+        """Record in run.info (and the log) why bin.tar.gz is missing or differs."""
+        self.info.bin_note = note
+        self.ctx.log.warning("%s: %s", self.ref.label, note)
         self.save()
 
     def read_gpu_names(self, devices: str | None) -> list[str] | None:
@@ -386,15 +397,17 @@ def _peek(path: Path, limit: int = 1 << 20) -> bytes | None:
     """Return up to ``limit`` bytes of the plain file ``path``, None if there is none, and
     b"" for anything else (a link, a FIFO someone put there): never blocks or follows."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return read_plain(path, limit)
     except FileNotFoundError:
         return None
     except OSError:
         return b""
-    try:
-        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-    finally:
-        os.close(fd)
+
+
+def _few(paths: tuple[str, ...], shown: int = 5) -> str:
+    """Return up to ``shown`` of ``paths`` joined, and how many more there are (pure)."""
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
 
 
 def share_full(exc: BaseException) -> bool:

@@ -7,9 +7,6 @@ line and key.
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Any
 
 from agent.config import AgentConfig, HostConfig
 from agent.durations import format_duration
+from agent.fsutil import NotPlainFile, read_plain
 from agent.problems import InvalidFile, Problem
 from agent.schema import (
     AGENT_FIELDS,
@@ -201,21 +199,16 @@ def _read(path: Path, limit: int | None = None, *, follow: bool = True) -> bytes
         return InvalidFile([Problem(str(path), None, None, message)])
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and not follow:
+        data = read_plain(path, limit, follow=follow)
+    except NotPlainFile as exc:
+        if exc.what == "a link":
             raise refuse("is a link: put the file itself here") from exc
+        raise refuse("not a regular file") from exc
+    except OSError as exc:
         raise refuse(f"cannot read: {exc.strerror}") from exc
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
-        os.close(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise refuse("not a regular file")
-        raise refuse(f"the file has {info.st_size} bytes, expected at most {limit}")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read() if limit is None else f.read(limit + 1)
-    if limit is not None and len(data) > limit:  # grew while we read it
-        raise refuse(f"the file has more than {limit} bytes, expected at most {limit}")
+    if limit is not None and len(data) > limit:
+        size = path.stat(follow_symlinks=follow).st_size
+        raise refuse(f"the file has {size} bytes, expected at most {limit}")
     return data
 
 

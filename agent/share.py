@@ -7,7 +7,6 @@ writes a ``*.error`` beside it. A user's file is never deleted or overwritten.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import pwd
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from agent import runinfo
 from agent.config import AgentConfig
-from agent.fsutil import atomic_write
+from agent.fsutil import NotPlainFile, atomic_write, read_plain
 from agent.problems import InvalidFile, Problem
 from agent.runinfo import RunInfo
 from agent.settings import MAX_REQUEST_BYTES, merge, parse_request, read_project_layer
@@ -203,31 +202,11 @@ def read_request(request: Path, shown_as: str | None = None) -> bytes:
     the file name the problem names (default: ``request``'s).
     """
 
-    def refuse(what: str) -> InvalidFile:
-        message = f"is {what}, not a regular file; save the request itself here"
-        return InvalidFile([Problem(shown_as or request.name, None, None, message)])
-
     try:
-        fd = os.open(request, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise refuse("a link") from exc
-        if exc.errno == errno.ENXIO:  # a socket
-            raise refuse("a socket") from exc
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise refuse(_TYPE_NAMES.get(stat.S_IFMT(mode), "a special file"))
-        data = b""
-        while len(data) <= MAX_REQUEST_BYTES:
-            chunk = os.read(fd, MAX_REQUEST_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-    finally:
-        os.close(fd)
+        return read_plain(request, MAX_REQUEST_BYTES)
+    except NotPlainFile as exc:
+        message = f"is {exc.what}, not a regular file; save the request itself here"
+        raise InvalidFile([Problem(shown_as or request.name, None, None, message)]) from exc
 
 
 def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:

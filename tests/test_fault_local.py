@@ -150,6 +150,8 @@ def test_run_info_corrupted_while_running_is_reported_and_rewritten(tmp_path: Pa
     _, go_other = _slow_run(tmp_path, other, "other")
     with agent(config) as records:
         wait_for("both runs to start", lambda: _state(victim) == _state(other) == "running")
+        # The archive is written just after the start; edits before that race its save.
+        wait_for("both archives", lambda: info(victim).bin_sha256 and info(other).bin_sha256)
         path = victim / "results" / "run_0" / "run.info"
         path.write_bytes(b"\x00\xffnot toml at all [[[")
         go_victim.touch()

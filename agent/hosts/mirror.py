@@ -12,10 +12,10 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.fsutil import open_dir
 from agent.hosts.base import HostError
 
 STAGING_NAME = ".droprun-staging"
@@ -105,26 +105,6 @@ def _staged_matches(staged: Path, remote: RemoteFile) -> bool:
     )
 
 
-def _open_dir(parent: Path, parts: Sequence[str]) -> int:
-    """Return an fd of ``parent/parts...``, creating missing folders; never following a link.
-
-    Walking with directory fds and O_NOFOLLOW means that a link put on the way by a share
-    user (or published earlier from the server) cannot lead a file out of the run folder.
-    """
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    fd = os.open(parent, flags)
-    try:
-        for part in parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, dir_fd=fd)
-            fd, old = os.open(part, flags, dir_fd=fd), fd
-            os.close(old)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _publish(staged: Path, dest: Path, rel: str) -> bool:
     """Make ``staged`` visible as ``dest/rel`` atomically; return False if it already was.
 
@@ -134,7 +114,7 @@ def _publish(staged: Path, dest: Path, rel: str) -> bool:
     *folders, name = rel.split("/")
     final = dest / rel
     try:
-        fd = _open_dir(dest.parent, [dest.name, *folders])
+        fd = open_dir(dest.parent, [dest.name, *folders], create=True)
     except OSError as exc:
         why = "a link or a file is in the way" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else ""
         raise HostError(f"cannot publish {final}: {why or exc}") from exc
