@@ -3,6 +3,6 @@
 from testbed_netns import netns_host
 from testbed_smb import smbd_server
 
-from testbed import sshd_server, test_user
+from testbed import root, sshd_server, test_user
 
-__all__ = ["netns_host", "smbd_server", "sshd_server", "test_user"]
+__all__ = ["netns_host", "root", "smbd_server", "sshd_server", "test_user"]

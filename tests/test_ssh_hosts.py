@@ -7,13 +7,12 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,10 @@ from agent import runinfo
 from agent.hosts.base import RunRef
 from agent.hosts.shell import ShellHost
 from agent.hosts.ssh import SshTransport
-from agent.hosts.sshargs import make_control_dir
 from agent.service import make_context, serve
 from agent.settings import load_agent_config
 
-from shares import drop, info, make_project, run_once, write_ssh_config
+from shares import drop, info, make_project, run_once, wait_for, write_ssh_config
 from testbed import (
     SshServer,
     free_port,
@@ -48,24 +46,6 @@ echo started
 i=0
 while [ ! -f go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 """
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    """The test's agent root; removes the ssh control dir that the agent makes under /tmp."""
-    yield tmp_path
-    control_dir = make_control_dir(tmp_path / "state", os.geteuid())
-    if control_dir.parent == Path("/tmp") and control_dir.exists():
-        shutil.rmtree(control_dir)
-
-
-def poll(what: str, check: Callable[[], bool], deadline: float = DEADLINE) -> None:
-    """Call ``check`` until it returns True; fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -220,7 +200,7 @@ def test_changed_host_key_mid_run_is_never_accepted(root: Path, sshd_server: Ssh
 
         def swap_server_when_running() -> None:
             log = run_dir / "log.log"
-            poll("the run to start", lambda: log.exists() and "started" in log.read_text())
+            wait_for("the run to start", lambda: log.exists() and "started" in log.read_text())
             stack.close()  # the real server and every session go away ...
             stack.enter_context(extra_sshd(sshd_server, port, host_key=impostor_key))
 
@@ -252,14 +232,14 @@ def test_power_off_once_per_idle_period(root: Path, sshd_server: SshServer) -> N
     agent = threading.Thread(target=serve, args=(ctx,), kwargs={"once": False}, daemon=True)
     agent.start()
     try:
-        poll("the first power-off", lambda: marks.exists() and marks.read_text() == "off\n")
+        wait_for("the first power-off", lambda: marks.exists() and marks.read_text() == "off\n")
         time.sleep(2.0)  # four more ticks of an idle agent: no second power-off
         assert marks.read_text() == "off\n"
         drop(project, "")
         done = project / "results" / "run_0" / "run.info"
-        poll("the run", lambda: done.exists() and info(project).terminal)
+        wait_for("the run", lambda: done.exists() and info(project).terminal)
         assert info(project).state == runinfo.SUCCEEDED
-        poll("the second power-off", lambda: marks.read_text() == "off\ncancel\noff\n")
+        wait_for("the second power-off", lambda: marks.read_text() == "off\ncancel\noff\n")
         time.sleep(2.0)
         assert marks.read_text() == "off\ncancel\noff\n"
     finally:

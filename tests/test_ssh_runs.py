@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import runinfo
-from agent.hosts.sshargs import make_control_dir
 
-from shares import drop, info, make_project, run_once, write_ssh_config
+from shares import drop, info, make_project, run_once, wait_for, write_ssh_config
 from testbed import SshServer
 
 TRAIN = """#!/bin/sh
@@ -34,24 +30,6 @@ echo started
 wait
 """
 DEADLINE = 60.0
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    """The test's agent root; removes the ssh control dir that the agent makes under /tmp."""
-    yield tmp_path
-    control_dir = make_control_dir(tmp_path / "state", os.geteuid())
-    if control_dir.parent == Path("/tmp") and control_dir.exists():
-        shutil.rmtree(control_dir)
-
-
-def poll(what: str, check: Callable[[], bool], deadline: float = DEADLINE) -> None:
-    """Call ``check`` until it returns True; fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def server_processes(server: SshServer, path: str) -> list[str]:
@@ -161,8 +139,8 @@ def test_fail_time_out_and_cancel_leave_no_process_on_the_server(
     remote_dir = str(Path(sshd_server.remote_root) / "proj" / "run_0")
 
     def cancel_when_started() -> None:
-        poll("the run to start", lambda: "started" in _text(run_dir / "log.log"))
-        poll("the child to run", lambda: bool(server_processes(sshd_server, remote_dir)))
+        wait_for("the run to start", lambda: "started" in _text(run_dir / "log.log"))
+        wait_for("the child to run", lambda: bool(server_processes(sshd_server, remote_dir)))
         (run_dir / "cancel").write_text("")
 
     canceller = threading.Thread(target=cancel_when_started, daemon=True)
@@ -250,7 +228,7 @@ def test_a_dropped_connection_mid_run_is_survived(root: Path, sshd_server: SshSe
     dropped: list[int] = []
 
     def cut_then_release() -> None:
-        poll("the run to start", lambda: "started" in _text(run_dir / "log.log"))
+        wait_for("the run to start", lambda: "started" in _text(run_dir / "log.log"))
         dropped.append(sshd_server.kill_sessions())
         (remote_dir / "go").write_text("")
 

@@ -395,3 +395,14 @@ def sshd_server(test_user: TestUser) -> Iterator[SshServer]:
     """A real sshd on 127.0.0.1 and a free port, with its own host key, user key, known_hosts."""
     with running_sshd(test_user, "127.0.0.1") as server:
         yield server
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """An agent root for ssh tests; removes the ssh control dir the agent may make in /tmp."""
+    from agent.hosts.sshargs import make_control_dir
+
+    yield tmp_path
+    control_dir = make_control_dir(tmp_path / "state", os.geteuid())
+    if control_dir.parent == Path("/tmp") and control_dir.exists():
+        shutil.rmtree(control_dir)
