@@ -38,7 +38,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(GROUPS),
-        help="scenario groups: transfer (1-3), runs (4, 6), scale (5); default all",
+        help="scenario groups: transfer (1-3), runs (4, 4b, 6), scale (5); default all",
     )
     opts = parser.parse_args(argv)
     opts.groups = [g for g in opts.only.split(",") if g]

@@ -24,6 +24,8 @@ class Plan:
     repeats: int
     # 4: reaction
     requests: int
+    # 4b: start on an ssh host (bin/ of code_bytes in code_files, as scenario 1)
+    ssh_requests: int
     # 5: scale of the share: projects at each step, archived runs per project, idle window
     project_steps: tuple[int, ...]
     runs_per_project: int
@@ -43,6 +45,7 @@ FULL = Plan(
     big_file=500 * MIB,
     repeats=3,
     requests=20,
+    ssh_requests=5,
     project_steps=(10, 100, 1000),
     runs_per_project=10,
     idle_window=31.0,  # covers one full rescan of the share (rescan = 30 s)
@@ -60,6 +63,7 @@ QUICK = Plan(
     big_file=100 * MIB,
     repeats=1,
     requests=6,
+    ssh_requests=3,
     project_steps=(10, 100, 1000),
     runs_per_project=2,
     idle_window=3.0,
@@ -77,6 +81,7 @@ SMOKE = Plan(
     big_file=8 * MIB,
     repeats=1,
     requests=2,
+    ssh_requests=1,
     project_steps=(2, 5),
     runs_per_project=1,
     idle_window=1.0,

@@ -1,4 +1,7 @@
-"""Scenarios 4 and 6: how fast the real agent reacts to one request, and works off a burst."""
+"""Scenarios 4 and 6: how fast the real agent reacts to one request, and works off a burst.
+
+Scenario 4b (the same start, on an ssh host) lives in :mod:`bench.sshstart`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from bench.agentproc import TERMINAL, Agent, make_project, run_state, states, write_config
 from bench.plan import Plan
 from bench.report import Row
+from bench.sshstart import ssh_start
 from bench.tools import median, p95, timed, vm_kib, wait_for
 
 MARK_SCRIPT = '#!/bin/sh\ndate +%s.%N > "$1.tmp" && mv "$1.tmp" "$1"\n'
@@ -101,5 +105,5 @@ def burst(tmp: Path, plan: Plan) -> list[Row]:
 
 
 def run_all(tmp: Path, plan: Plan) -> list[Row]:
-    """Run scenarios 4 and 6; return their rows."""
-    return reaction(tmp, plan) + burst(tmp, plan)
+    """Run scenarios 4, 4b (on an ssh host, see :mod:`bench.sshstart`) and 6; return their rows."""
+    return reaction(tmp, plan) + ssh_start(tmp, plan) + burst(tmp, plan)
