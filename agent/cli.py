@@ -121,9 +121,8 @@ def status_rows(config: AgentConfig, project: str | None = None) -> list[list[st
     """Return one row per run: project, run, state, host, start, duration, exit code."""
     now = time.time()
     rows = []
-    for run_dir in share.iter_run_dirs(config.share):
-        if project and run_dir.parent.parent.name != project:
-            continue
+    projects = [config.share / project] if project else share.project_dirs(config.share)
+    for run_dir in (run_dir for p in projects for _, run_dir in share.run_dirs(p)):
         try:
             info = runinfo.load(run_dir / "run.info", summary=True)
         except runinfo.RunInfoError:

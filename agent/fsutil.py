@@ -81,12 +81,21 @@ def read_plain(path: Path, limit: int | None = None, *, follow: bool = False) ->
         if exc.errno == errno.ENXIO:  # opening a socket
             raise NotPlainFile(path, "a socket") from exc
         raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotPlainFile(path, _TYPE_NAMES.get(stat.S_IFMT(mode), "a special file"))
+        if limit is None:
+            return b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
         os.close(fd)
-        raise NotPlainFile(path, _TYPE_NAMES.get(stat.S_IFMT(mode), "a special file"))
-    with os.fdopen(fd, "rb") as f:
-        return f.read() if limit is None else f.read(limit + 1)
 
 
 def open_dir(start: Path | int, parts: Sequence[str] = (), *, create: bool = False) -> int:

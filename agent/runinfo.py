@@ -153,8 +153,7 @@ class RunInfo:
         """Check parsed run.info data. Raises RunInfoError naming ``where`` if it is not valid."""
         if data.get("format") != FORMAT:
             raise RunInfoError(f"{where}: format is {data.get('format')!r}, expected {FORMAT}")
-        known = {f.name: f for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in _FIELD_NAMES}
         for required in ("project", "run", "state"):
             if required not in values:
                 raise RunInfoError(f"{where}: the key {required!r} is missing")
@@ -166,6 +165,9 @@ class RunInfo:
             return cls(**values)
         except TypeError as exc:
             raise RunInfoError(f"{where}: {exc}") from exc
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(RunInfo))
 
 
 def _read_plain(path: Path) -> bytes:
