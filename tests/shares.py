@@ -16,6 +16,16 @@ from typing import Any
 from agent import runinfo
 from agent.settings import load_agent_config
 
+# Starts a grandchild, records both pids, and waits: for fail/time-out/cancel tests.
+LINGER = """#!/bin/sh
+mkdir -p output
+sleep 300 &
+echo $! > output/child.pid
+echo $$ > output/main.pid
+echo started
+wait
+"""
+
 
 def write_config(
     root: Path,

@@ -6,7 +6,7 @@ import tarfile
 
 from agent import runinfo
 
-from shares import drop, info, make_project, pid_alive, run_once, write_config
+from shares import LINGER, drop, info, make_project, pid_alive, run_once, write_config
 
 TRAIN = """#!/bin/sh
 echo "args: $*"
@@ -79,15 +79,7 @@ def test_non_zero_exit_is_failed(tmp_path):
 
 def test_time_limit_kills_the_whole_process_tree(tmp_path):
     config = write_config(tmp_path)
-    script = """#!/bin/sh
-mkdir -p output
-sleep 300 &
-echo $! > output/child.pid
-echo $$ > output/main.pid
-echo started
-wait
-"""
-    project = make_project(tmp_path / "share", "proj", {"run.sh": script})
+    project = make_project(tmp_path / "share", "proj", {"run.sh": LINGER})
     drop(project, 'timeout = "1s"\n')
     run_once(config)
     result = info(project)

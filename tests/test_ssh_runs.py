@@ -10,7 +10,7 @@ import pytest
 
 from agent import runinfo
 
-from shares import drop, info, make_project, run_once, wait_for, write_ssh_config
+from shares import LINGER, drop, info, make_project, run_once, wait_for, write_ssh_config
 from testbed import SshServer
 
 TRAIN = """#!/bin/sh
@@ -19,15 +19,6 @@ mkdir -p output
 i=0
 while [ $i -lt 3 ]; do i=$((i+1)); echo "epoch $i"; echo "ckpt $i" > output/ckpt-$i.txt; done
 exit ${EXIT_CODE:-0}
-"""
-# Starts a grandchild, records every pid, and waits: for fail/time-out/cancel tests.
-LINGER = """#!/bin/sh
-mkdir -p output
-sleep 300 &
-echo $! > output/child.pid
-echo $$ > output/main.pid
-echo started
-wait
 """
 DEADLINE = 60.0
 
