@@ -16,6 +16,15 @@ from typing import Any
 from agent import runinfo
 from agent.settings import load_agent_config
 
+# Prints its args and three epochs, writes a checkpoint each, exits with $EXIT_CODE.
+TRAIN = """#!/bin/sh
+echo "args: $*"
+mkdir -p output
+i=0
+while [ $i -lt 3 ]; do i=$((i+1)); echo "epoch $i"; echo "ckpt $i" > output/ckpt-$i.txt; done
+exit ${EXIT_CODE:-0}
+"""
+
 # Starts a grandchild, records both pids, and waits: for fail/time-out/cancel tests.
 LINGER = """#!/bin/sh
 mkdir -p output

@@ -6,15 +6,7 @@ import tarfile
 
 from agent import runinfo
 
-from shares import LINGER, drop, info, make_project, pid_alive, run_once, write_config
-
-TRAIN = """#!/bin/sh
-echo "args: $*"
-mkdir -p output
-i=0
-while [ $i -lt 3 ]; do i=$((i+1)); echo "epoch $i"; echo "ckpt $i" > output/ckpt-$i.txt; done
-exit ${EXIT_CODE:-0}
-"""
+from shares import LINGER, TRAIN, drop, info, make_project, pid_alive, run_once, write_config
 
 
 def test_a_run_succeeds_and_files_everything(tmp_path):

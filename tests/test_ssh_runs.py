@@ -10,16 +10,9 @@ import pytest
 
 from agent import runinfo
 
-from shares import LINGER, drop, info, make_project, run_once, wait_for, write_ssh_config
+from shares import LINGER, TRAIN, drop, info, make_project, run_once, wait_for, write_ssh_config
 from testbed import SshServer
 
-TRAIN = """#!/bin/sh
-echo "args: $*"
-mkdir -p output
-i=0
-while [ $i -lt 3 ]; do i=$((i+1)); echo "epoch $i"; echo "ckpt $i" > output/ckpt-$i.txt; done
-exit ${EXIT_CODE:-0}
-"""
 DEADLINE = 60.0
 
 

@@ -267,17 +267,8 @@ class FakeDsm:
         self, scripts: Path, name: str, status: str, *args: str, **extra: str
     ) -> subprocess.CompletedProcess[str]:
         """Run one package script as the package user, like synopkg does."""
-        return subprocess.run(
-            [scripts / name, *args],
-            env=self.env(status, scripts.parent, **extra),
-            cwd="/",
-            user=self.user.pw_uid,
-            group=self.user.pw_gid,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        argv = [str(scripts / name), *args]
+        return self.run_as(argv, self.env(status, scripts.parent, **extra), timeout=180)
 
     def must(self, scripts: Path, name: str, status: str, *args: str, **extra: str) -> str:
         proc = self.script(scripts, name, status, *args, **extra)
@@ -336,18 +327,20 @@ class FakeDsm:
         self.must(self.root / "scripts", "postinst", "UPGRADE", SYNOPKG_OLD_PKGVER=old_version)
         self.must(self.root / "scripts", "postupgrade", "UPGRADE", SYNOPKG_OLD_PKGVER=old_version)
 
-    def run_as(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    def run_as(
+        self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command as the package user (what ``sudo -u droprun`` does on the NAS)."""
         return subprocess.run(
             argv,
-            env={"PATH": "/usr/bin:/bin", "HOME": str(self.root / "home")},
+            env=env or {"PATH": "/usr/bin:/bin", "HOME": str(self.root / "home")},
             cwd="/",
             user=self.user.pw_uid,
             group=self.user.pw_gid,
             extra_groups=[],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
         )
 
     def ctl(self, action: str, status: str) -> subprocess.CompletedProcess[str]:

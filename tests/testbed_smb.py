@@ -60,21 +60,15 @@ class SmbServer:
     tmp: Path
     pid: int
 
+    def smbclient_argv(self, command: str) -> list[str]:
+        """Return the smbclient argv that runs ``command`` (``-c``) against the share."""
+        login = f"{self.user}%{self.password}"
+        return [require_tool("smbclient"), "//127.0.0.1/share", "-p", str(self.port), "-U", login,
+                "-c", command]  # fmt: skip
+
     def smbclient(self, command: str, stdin: bytes | None = None) -> str:
         """Run one smbclient command line (``-c``) against the share; fail on non-zero exit."""
-        return run_checked(
-            [
-                require_tool("smbclient"),
-                "//127.0.0.1/share",
-                "-p",
-                str(self.port),
-                "-U",
-                f"{self.user}%{self.password}",
-                "-c",
-                command,
-            ],
-            stdin=stdin,
-        )
+        return run_checked(self.smbclient_argv(command), stdin=stdin)
 
     def put(self, local_path: Path, remote_name: str) -> None:
         """Upload ``local_path`` as ``remote_name`` (``dir/name`` allowed; dirs must exist)."""
@@ -93,16 +87,7 @@ class SmbServer:
         client writes over SMB. smbclient may hold back up to its own buffer size, so a file
         smaller than that shows as empty until the end. Blocks until the upload is done.
         """
-        argv = [
-            require_tool("smbclient"),
-            "//127.0.0.1/share",
-            "-p",
-            str(self.port),
-            "-U",
-            f"{self.user}%{self.password}",
-            "-c",
-            f'put /dev/stdin "{_smb_name(remote_name)}"',
-        ]
+        argv = self.smbclient_argv(f'put /dev/stdin "{_smb_name(remote_name)}"')
         data = local_path.read_bytes()
         proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
