@@ -18,10 +18,10 @@ from agent.archive import make_archive, tree_signature
 from agent.context import RunContext
 from agent.fsutil import read_plain
 from agent.hosts.base import HostError, LaunchSpec, ProcStatus, RunRef
+from agent.names import CANCEL_NAMES
 from agent.runinfo import RunInfo
 from agent.settings import RunSettings, settings_from_table
 
-CANCEL_FILE = "cancel"
 RETRY_DELAY = 2.0
 RETRY_DELAY_MAX = 60.0
 
@@ -74,8 +74,8 @@ class RunDriver:
         self.ctx.log.info("%s: %s%s", self.ref.label, state, extra)
 
     def cancel_requested(self) -> bool:
-        """True if a person dropped a ``cancel`` file into the run folder."""
-        return (self.run_dir / CANCEL_FILE).exists()
+        """True if a person dropped a ``cancel`` (or ``cancel.txt``) file into the run folder."""
+        return any((self.run_dir / name).exists() for name in CANCEL_NAMES)
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` or until woken (a cancel file); raise Stopped if the agent stops."""

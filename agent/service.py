@@ -16,9 +16,10 @@ from agent import runinfo, share
 from agent.config import AgentConfig
 from agent.context import RunContext
 from agent.hosts import open_host
+from agent.names import is_request_name
 from agent.problems import UserError
 from agent.scheduler import Scheduler
-from agent.watcher import Hint, Watcher, WatchLimitError, is_request_name, open_watcher
+from agent.watcher import Hint, Watcher, WatchLimitError, open_watcher
 
 TICK = 0.5  # s: the longest the main loop sleeps (it notices a stop this fast)
 OPEN_LIMIT = 300.0  # s: a request open this long with no change is taken all the same

@@ -16,6 +16,7 @@ from typing import Any
 from agent.config import AgentConfig, HostConfig
 from agent.durations import format_duration
 from agent.fsutil import NotPlainFile, read_plain
+from agent.names import request_kind
 from agent.problems import InvalidFile, Problem
 from agent.schema import (
     AGENT_FIELDS,
@@ -358,7 +359,7 @@ def _kind_of(path: Path) -> str | None:
     A ``.template`` or ``.example`` suffix is ignored (``droprun init`` writes such files).
     """
     name = path.name.removesuffix(".template").removesuffix(".example")
-    if name.endswith(".request"):
+    if request_kind(name) == "plain":
         return "request"
     if name == "project.toml":
         return "project"

@@ -19,27 +19,19 @@ from pathlib import Path
 from agent import runinfo
 from agent.config import AgentConfig
 from agent.fsutil import NotPlainFile, atomic_write, read_plain
+from agent.names import is_project_name, is_request_name, request_kind
 from agent.problems import InvalidFile, Problem
 from agent.runinfo import RunInfo
 from agent.settings import MAX_REQUEST_BYTES, merge, parse_request, read_project_layer
 
-REQUEST_SUFFIX = ".request"
 RUN_DIR_RE = re.compile(r"^run_(\d+)$")
 COUNTER_NAME = ".next_run"
 _TYPE_NAMES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device"}
-JUNK_NAMES = frozenset(
-    {".DS_Store", "Thumbs.db", "desktop.ini", "@eaDir", "#recycle", "#snapshot", ".droprun"}
+RICH_TEXT_PROBLEM = (
+    "{name} is a rich-text document (TextEdit, Word or Pages), not plain text: save it as "
+    'plain text (TextEdit: Format > Make Plain Text; Word: "Plain Text (.txt)") and name it '
+    '"run.request" or "run.request.txt"'
 )
-
-
-def is_junk(name: str) -> bool:
-    """Return True for files that file browsers, editors or the NAS leave behind."""
-    return (
-        name in JUNK_NAMES
-        or name.startswith(("._", "~$", ".#", ".~"))
-        or name.endswith(("~", ".swp", ".swo", ".swx", ".tmp"))
-        or (name.startswith("#") and name.endswith("#"))
-    )
 
 
 def project_dirs(share: Path) -> list[Path]:
@@ -49,14 +41,13 @@ def project_dirs(share: Path) -> list[Path]:
     except FileNotFoundError:
         return []
     return [
-        Path(e.path)
-        for e in entries
-        if not is_junk(e.name) and not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+        Path(e.path) for e in entries if is_project_name(e.name) and e.is_dir(follow_symlinks=False)
     ]
 
 
 def find_requests(share: Path) -> list[Path]:
-    """Return every ``*.request`` waiting in a project folder of ``share``, oldest first."""
+    """Return every request (see :func:`agent.names.request_kind`) waiting in a project
+    folder of ``share``, oldest first."""
     found: list[tuple[int, Path]] = []
     for project in project_dirs(share):
         try:
@@ -64,8 +55,7 @@ def find_requests(share: Path) -> list[Path]:
         except OSError:
             continue
         for entry in entries:
-            name = entry.name
-            if name.endswith(REQUEST_SUFFIX) and not name.startswith(".") and not is_junk(name):
+            if is_request_name(entry.name):
                 try:
                     found.append((entry.stat(follow_symlinks=False).st_mtime_ns, Path(entry.path)))
                 except FileNotFoundError:
@@ -163,6 +153,12 @@ class Rejected:
     problems: tuple[str, ...]
 
 
+def _plain_name(name: str) -> str:
+    """Return ``name`` with a rich-text suffix replaced by ``.request`` (pure)."""
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and request_kind(name) == "rich" else name
+
+
 def reject(request: Path, problems: list[str]) -> Rejected:
     """Rename ``request`` to ``NAME.rejected`` and write ``NAME.error`` beside it."""
     rejected = _free_name(request.with_name(request.name + ".rejected"))
@@ -172,7 +168,8 @@ def reject(request: Path, problems: list[str]) -> Rejected:
         f'droprun could not accept "{request.name}"; nothing was started.\n'
         f'The file is kept, unchanged, as "{rejected.name}".\n\n'
         + "".join(f"- {p}\n" for p in problems)
-        + f'\nFix it and save it again as "{request.name}" (or any name ending in .request).\n'
+        + f'\nFix it and save it again as "{_plain_name(request.name)}" '
+        "(or any name ending in .request or .request.txt).\n"
     )
     with open(error_file, "x", encoding="utf-8") as out:
         out.write(text)
@@ -216,6 +213,8 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
     """
     project = request.parent
     st = request.lstat()
+    if request_kind(request.name) == "rich":
+        return reject(request, [RICH_TEXT_PROBLEM.format(name=request.name)])
     if not stat.S_ISREG(st.st_mode):
         return reject(request, [f"{request.name} is not a regular file"])
     problems = _project_problems(project, config.share)

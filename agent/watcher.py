@@ -36,10 +36,9 @@ from watchdog.observers.inotify_c import (
 )
 from watchdog.observers.polling import PollingObserverVFS
 
-from agent.share import REQUEST_SUFFIX, is_junk
+from agent.names import is_cancel_name, is_project_name, is_request_name
 
 HintKind = Literal["request", "project", "project_gone", "cancel", "rescan"]
-CANCEL_NAME = "cancel"
 POLL_INTERVAL = 1.0
 LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
 
@@ -59,16 +58,6 @@ class Hint:
 
 class WatchLimitError(OSError):
     """The kernel's inotify watch or instance limit is reached."""
-
-
-def is_request_name(name: str) -> bool:
-    """Return True if ``name`` is a request file name the agent takes (pure)."""
-    return name.endswith(REQUEST_SUFFIX) and not name.startswith(".") and not is_junk(name)
-
-
-def is_project_name(name: str) -> bool:
-    """Return True if a folder called ``name`` directly under the share may be a project."""
-    return not name.startswith(".") and not is_junk(name)
 
 
 class Watcher(Protocol):
@@ -218,7 +207,7 @@ class InotifyWatcher:
             elif event.is_close_write or event.is_close_nowrite:
                 writing = False
             self.hints.put(Hint("request", path, writing))
-        elif kind == "run" and name == CANCEL_NAME:
+        elif kind == "run" and is_cancel_name(name):
             self.hints.put(Hint("cancel", folder))
 
     def on_watch_deleted(self, wd: WatchDescriptor) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import time
 from pathlib import Path
 
@@ -180,3 +181,49 @@ def test_a_request_dropped_over_smb_is_taken_and_succeeds(tmp_path, agent, smbd_
     smbd_server.smbclient('rename "proj\\upload.part" "proj\\third.request"')
     wait_state(project, 2, runinfo.SUCCEEDED)
     assert not list(project.glob("*.rejected"))
+
+
+def test_requests_saved_as_windows_and_macs_save_them_over_smb(tmp_path, agent, smbd_server):
+    share = smbd_server.share
+    config = write_config(tmp_path, settle=1, share=share, extra=NO_RESCAN)
+    agent(config)
+    wait_started(share)
+    smbd_server.mkdir("proj")
+    smbd_server.mkdir("proj/bin")
+    script = tmp_path / "run.sh"
+    script.write_text(QUICK + 'if [ "$1" = wait ]; then sleep 300; fi\n')
+    smbd_server.put(script, "proj/bin/run.sh")
+    (share / "proj/bin/run.sh").chmod(0o755)
+    project = share / "proj"
+    request = tmp_path / "req"
+    # Windows: "New Text Document.txt" renamed to run.request, extension hidden.
+    request.write_text('args = ["txt"]\n')
+    smbd_server.put(request, "proj/run.request.txt")
+    wait_state(project, 0, runinfo.SUCCEEDED)
+    assert "hello from txt" in (project / "results/run_0/log.log").read_text()
+    # TextEdit's default: rich text. It gets an .error that says what to do.
+    request.write_text('{\\rtf1\\ansi args = ["rtf"]}\n')
+    smbd_server.put(request, "proj/run.request.rtf")
+    error = wait_for("the .error", lambda: _read(project / "run.request.rtf.error"))
+    assert "plain text" in error
+    assert (project / "run.request.rtf.rejected").exists()
+    # cancel.txt cancels, as cancel does.
+    request.write_text('args = ["wait"]\n')
+    smbd_server.put(request, "proj/run.request")
+    wait_for(
+        "the script to start", lambda: "hello from wait" in _read(project / "results/run_1/log.log")
+    )
+    # On a NAS the share's ACL lets its users write there; here the test gives the folder.
+    user = pwd.getpwnam(smbd_server.user)
+    os.chown(project / "results/run_1", user.pw_uid, user.pw_gid)
+    smbd_server.put(request, "proj/results/run_1/cancel.txt")
+    assert wait_state(project, 1, *runinfo.TERMINAL) == runinfo.CANCELLED
+    assert not (project / "results/run_2").exists()
+
+
+def _read(path: Path) -> str:
+    """Return the text of ``path``, "" while it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

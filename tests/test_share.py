@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agent import runinfo, share
+from agent import names, runinfo, share
 from agent.problems import InvalidFile
 from agent.settings import MAX_REQUEST_BYTES, load_agent_config
 
@@ -30,8 +30,8 @@ def test_junk_is_ignored():
         ".run.request.swp",
         "#recycle",
     ):
-        assert share.is_junk(name), name
-    assert not share.is_junk("run.request")
+        assert names.is_junk(name), name
+    assert not names.is_junk("run.request")
 
 
 def test_find_requests_skips_junk_and_hidden(config):
@@ -205,3 +205,33 @@ def test_fifo_request_is_rejected_and_kept(config):
     result = share.accept(project / "run.request", config)
     assert "not a regular file" in reject_text(result)
     assert result.rejected.is_fifo() and not (project / "results").exists()
+
+
+def test_requests_as_people_save_them_are_named_in_one_place():
+    assert names.request_kind("run.request") == "plain"
+    assert names.request_kind("run.request.txt") == "plain"  # Windows hid the .txt
+    assert names.request_kind("Run.Request.TXT") == "plain"
+    for rich in ("run.request.rtf", "run.request.docx", "run.request.pages", "a.REQUEST.RTF"):
+        assert names.request_kind(rich) == "rich", rich
+    for other in ("run.request.rejected", "run.request.error", "run.txt", "._run.request.txt"):
+        assert names.request_kind(other) is None, other
+    assert names.is_cancel_name("cancel") and names.is_cancel_name("cancel.txt")
+    assert not names.is_project_name("_droprun")
+
+
+def test_a_request_saved_as_txt_is_taken_and_rich_text_is_answered(config):
+    project = make_project(config.share, "p", {"run.sh": ""})
+    (config.share / "_droprun" / "bin").mkdir(parents=True)  # reserved: never a project
+    (config.share / "_droprun" / "run.request").write_text("")
+    drop(project, 'name = "from windows"\n', "run.request.txt")
+    drop(project, "{\\rtf1\\ansi name = 1}", "run.request.rtf")
+    found = share.find_requests(config.share)
+    assert sorted(p.name for p in found) == ["run.request.rtf", "run.request.txt"]
+    accepted = share.accept(project / "run.request.txt", config)
+    assert isinstance(accepted, share.Accepted) and accepted.info.name == "from windows"
+    assert (accepted.run_dir / "run.request").read_text() == 'name = "from windows"\n'
+    error = reject_text(share.accept(project / "run.request.rtf", config))
+    assert "rich-text" in error and "plain text" in error
+    assert 'save it again as "run.request"' in error
+    assert (project / "run.request.rtf.rejected").read_text() == "{\\rtf1\\ansi name = 1}"
+    assert (project / "run.request.rtf.error").exists()
