@@ -328,10 +328,11 @@ def _add_entry(tar: tarfile.TarFile, root_fd: int, entry: Entry) -> _Added | Non
 
 
 def tree_signature(bin_dir: Path, exclude: Sequence[str]) -> str:
-    """Return a cheap fingerprint (paths, kinds, sizes, mtimes) of what would be archived.
+    """Return a cheap fingerprint (paths, kinds, modes, sizes, mtimes) of what would be archived.
 
     Equal fingerprints taken before an upload and after the archive mean the archive holds
-    the code exactly as uploaded. Raises OSError.
+    the code exactly as uploaded; equal to an earlier run's, that the archive would be the
+    same (the quick check rsync trusts too). Raises OSError.
     """
     digest = hashlib.sha256()
     for entry in select_entries(bin_dir, exclude):
@@ -340,7 +341,9 @@ def tree_signature(bin_dir: Path, exclude: Sequence[str]) -> str:
         except FileNotFoundError:
             digest.update(f"{entry.path}\0gone\n".encode())
             continue
-        digest.update(f"{entry.path}\0{entry.kind}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{entry.path}\0{entry.kind}\0{st.st_mode:o}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+        )
     return digest.hexdigest()
 
 

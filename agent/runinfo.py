@@ -94,6 +94,7 @@ class RunInfo:
     bin_bytes: int | None = None
     bin_sha256: str | None = None
     bin_note: str | None = None
+    archive_shared_with: str | None = None
     remote_dir: str | None = None
     remote_pid: int | None = None
     gpu_names: list[str] | None = None

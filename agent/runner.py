@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import runinfo
-from agent.archive import make_archive, tree_signature
+from agent import archshare, runinfo
+from agent.archive import ArchiveInfo, make_archive, tree_signature
 from agent.context import RunContext
 from agent.fsutil import read_plain
 from agent.hosts.base import HostError, LaunchSpec, ProcStatus, RunRef
@@ -189,8 +189,12 @@ class RunDriver:
             self.note_bin("bin/ became a link out of the share after the upload: not archived")
             return
         try:
+            before = tree_signature(bin_dir, self.settings.exclude)
+            if before == self.uploaded_signature and self.link_unchanged_archive(before):
+                return
             archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
-            moved_on = self.uploaded_signature != tree_signature(bin_dir, self.settings.exclude)
+            after = tree_signature(bin_dir, self.settings.exclude)
+            moved_on = self.uploaded_signature != after
         except OSError as exc:
             self.note_bin(f"bin/ could not be archived: {exc}")
             return
@@ -203,10 +207,43 @@ class RunDriver:
             notes.append(f"changed while being archived: {_few(archive.changed)}")
         if moved_on:
             notes.append("bin/ changed after the upload (or the agent restarted in between)")
+        self.link_equal_archive(archive, None if notes else after)
         if notes:
             self.note_bin("; ".join(notes) + "; bin.tar.gz may differ from the code that runs")
         else:
             self.save()
+
+    def link_unchanged_archive(self, signature: str) -> bool:
+        """Share an earlier run's archive if bin/ has its fingerprint; True if done."""
+        try:
+            entry = archshare.share_unchanged(self.run_dir.parent, self.info.run, signature)
+        except OSError as exc:
+            self.ctx.log.warning("%s: cannot share an earlier archive: %s", self.ref.label, exc)
+            return False
+        if entry is None:
+            return False
+        self.info.bin_files, self.info.bin_bytes = entry.files, entry.bytes
+        self.info.bin_sha256 = entry.sha256
+        self.info.archive_shared_with = f"run_{entry.run}"
+        self.save()
+        return True
+
+    def link_equal_archive(self, archive: ArchiveInfo, signature: str | None) -> None:
+        """Replace the new archive by a link to an equal earlier one (never fails the run)."""
+        try:
+            shared = archshare.share_equal(
+                self.run_dir.parent,
+                self.info.run,
+                archive.sha256,
+                signature,
+                archive.files,
+                archive.bytes,
+            )
+        except OSError as exc:
+            self.ctx.log.warning("%s: cannot share an earlier archive: %s", self.ref.label, exc)
+            return
+        if shared is not None:
+            self.info.archive_shared_with = f"run_{shared}"
 
     def note_bin(self, note: str) -> None:
         """Record in run.info (and the log) why bin.tar.gz is missing or differs."""

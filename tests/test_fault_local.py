@@ -18,6 +18,7 @@ from agent.service import make_context, serve
 from agent.settings import load_agent_config
 
 from shares import drop, info, make_project, pid_alive, write_config
+from testbed import tmpfs
 
 QUICK = """#!/bin/sh
 mkdir -p output
@@ -77,18 +78,6 @@ def _state(project: Path, run: int = 0) -> str | None:
         return info(project, run).state
     except runinfo.RunInfoError:
         return None
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
-        if subprocess.run(["mountpoint", "-q", str(path)], check=False).returncode == 0:
-            subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def test_a_full_share_is_waited_out_and_nothing_on_it_is_damaged(tmp_path: Path) -> None:

@@ -95,6 +95,20 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (``"700k"``) on ``path`` (made if missing) for the block."""
+    path.mkdir(parents=True, exist_ok=True)
+    mount = require_tool("mount")
+    subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+        if subprocess.run(["mountpoint", "-q", str(path)], check=False).returncode == 0:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
 def run_checked(argv: list[str], stdin: bytes | None = None) -> str:
     """Run a setup command; fail the test with its output if it exits non-zero."""
     proc = subprocess.run(argv, input=stdin, capture_output=True, check=False)
