@@ -197,6 +197,23 @@ def cmd_submit(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(opts: argparse.Namespace) -> int:
+    """Write a request that runs run N again: its archived code, its effective settings."""
+    from agent.rerun import SourceError, code_source, rerun_table
+    from agent.submit import write_request
+
+    config = load_config(opts.config)
+    folder = run_folder(config, opts.project, opts.run)
+    ref = folder.name
+    try:
+        _, info = code_source(folder.parent.parent, ref)
+    except SourceError as exc:
+        raise UserError(f"{folder}: cannot run it again: {exc}") from None
+    path = write_request(config, opts.project, opts.settings, rerun_table(info, ref))
+    print(f"{path}: written (runs {ref} again with its archived code)")
+    return 0
+
+
 def cmd_demo(opts: argparse.Namespace) -> int:
     """Run the example project on the local host in a temporary share and show the result."""
     from agent.demo import run_demo
@@ -237,6 +254,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("submit", cmd_submit, "write a run.request into a project folder")
     p.add_argument("project", metavar="PROJECT")
     p.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+    p = command("rerun", cmd_rerun, "write a request that runs a run again with its archived code")
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="settings to change")
     p = command("demo", cmd_demo, "run the example project on this machine and show the result")
     p.add_argument("--dir", help="where to make the demo share (default: a new temporary folder)")
     return parser

@@ -99,6 +99,9 @@ class RunInfo:
     remote_pid: int | None = None
     gpu_names: list[str] | None = None
     outcome: str | None = None
+    rerun_of: int | None = None
+    resume_from: str | None = None
+    bytes_resumed: int | None = None
     effective: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, str]] = field(default_factory=list)
 

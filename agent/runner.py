@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import archshare, runinfo
-from agent.archive import ArchiveInfo, make_archive, tree_signature
+from agent import reuse, runinfo
+from agent.archive import make_archive, tree_signature
 from agent.context import RunContext
 from agent.fsutil import read_plain
 from agent.hosts.base import HostError, LaunchSpec, ProcStatus, RunRef
@@ -97,6 +97,7 @@ class RunDriver:
             self.info.duration_s = now - self.info.start_epoch
         if exit_code is not None:
             self.info.exit_code = exit_code
+        reuse.drop_staged_code(self)
         self.move(state, reason)
 
     # -- the phases --------------------------------------------------------------------
@@ -132,7 +133,7 @@ class RunDriver:
     def prepare(self) -> None:
         """Check the code is there, wake the host if needed, and move to ``uploading``."""
         script = self.project_dir / "bin" / self.settings.run_script
-        if not (script.is_file() or script.is_symlink()):
+        if not self.settings.code_from and not (script.is_file() or script.is_symlink()):
             self.end(
                 runinfo.ERROR, f"run_script {self.settings.run_script!r} does not exist in bin/"
             )
@@ -157,15 +158,23 @@ class RunDriver:
         if not bin_dir.is_relative_to(self.ctx.config.share.resolve()):
             self.end(runinfo.ERROR, "bin/ is a link that points outside the share")
             return
+        if self.settings.code_from is not None:
+            staged = reuse.stage_code(self)  # run N's archived code, not today's bin/
+            if staged is None:
+                return
+            bin_dir = staged
         self.uploaded_signature = tree_signature(bin_dir, self.settings.exclude)
         self.info.remote_dir = self.host.remote_dir(self.ref)
         self.info.bytes_uploaded = self.retry(
             lambda: self.host.upload(self.ref, bin_dir, self.settings.exclude), "upload"
         )
+        reuse.drop_staged_code(self)
         self.save()
         if self.cancel_requested():
             self.host.cleanup(self.ref)
             self.end(runinfo.CANCELLED, "cancelled before it started")
+            return
+        if not reuse.seed_output(self):  # resume_from: output_dir filled before the start
             return
         spec = self.launch_spec()
         pid = self.retry(lambda: self.host.launch(self.ref, spec), "launch")
@@ -182,6 +191,9 @@ class RunDriver:
 
         Never fails the run (the script is already running).
         """
+        if self.settings.code_from is not None:
+            reuse.archive_from_run(self)
+            return
         bin_dir = (self.project_dir / "bin").resolve()
         if not bin_dir.is_relative_to(self.ctx.config.share.resolve()):
             # Swapped for a link out of the share since the upload: archiving it would
@@ -190,7 +202,7 @@ class RunDriver:
             return
         try:
             before = tree_signature(bin_dir, self.settings.exclude)
-            if before == self.uploaded_signature and self.link_unchanged_archive(before):
+            if before == self.uploaded_signature and reuse.link_unchanged_archive(self, before):
                 return
             archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
             after = tree_signature(bin_dir, self.settings.exclude)
@@ -207,43 +219,11 @@ class RunDriver:
             notes.append(f"changed while being archived: {_few(archive.changed)}")
         if moved_on:
             notes.append("bin/ changed after the upload (or the agent restarted in between)")
-        self.link_equal_archive(archive, None if notes else after)
+        reuse.link_equal_archive(self, archive, None if notes else after)
         if notes:
             self.note_bin("; ".join(notes) + "; bin.tar.gz may differ from the code that runs")
         else:
             self.save()
-
-    def link_unchanged_archive(self, signature: str) -> bool:
-        """Share an earlier run's archive if bin/ has its fingerprint; True if done."""
-        try:
-            entry = archshare.share_unchanged(self.run_dir.parent, self.info.run, signature)
-        except OSError as exc:
-            self.ctx.log.warning("%s: cannot share an earlier archive: %s", self.ref.label, exc)
-            return False
-        if entry is None:
-            return False
-        self.info.bin_files, self.info.bin_bytes = entry.files, entry.bytes
-        self.info.bin_sha256 = entry.sha256
-        self.info.archive_shared_with = f"run_{entry.run}"
-        self.save()
-        return True
-
-    def link_equal_archive(self, archive: ArchiveInfo, signature: str | None) -> None:
-        """Replace the new archive by a link to an equal earlier one (never fails the run)."""
-        try:
-            shared = archshare.share_equal(
-                self.run_dir.parent,
-                self.info.run,
-                archive.sha256,
-                signature,
-                archive.files,
-                archive.bytes,
-            )
-        except OSError as exc:
-            self.ctx.log.warning("%s: cannot share an earlier archive: %s", self.ref.label, exc)
-            return
-        if shared is not None:
-            self.info.archive_shared_with = f"run_{shared}"
 
     def note_bin(self, note: str) -> None:
         """Record in run.info (and the log) why bin.tar.gz is missing or differs."""
@@ -269,7 +249,7 @@ class RunDriver:
         return LaunchSpec(
             run_script=s.run_script,
             args=s.args,
-            env=dict(s.env),
+            env=dict(s.env) | reuse.extra_env(self),
             setup=s.setup,
             conda_env=s.conda_env,
             output_dir=s.output_dir,

@@ -41,6 +41,7 @@ from agent.valuetypes import (
     OUTPUT_DIR,
     RELATIVE_PATH,
     REMOTE_PATH,
+    RUN_REF,
     SECONDS,
     SHELL_LINES,
     SSH_FILE,
@@ -150,6 +151,20 @@ RUN_FIELDS: tuple[Field, ...] = (
         STRINGS,
         [".git/", "__pycache__/", "*.pyc"],
         "rsync-style patterns left out of the upload and the archive.",
+    ),
+    Field(
+        "code_from",
+        RUN_REF,
+        None,
+        "Run that run's archived code (its bin.tar.gz) instead of today's bin/ (unset: bin/).",
+        example="run_3",
+    ),
+    Field(
+        "resume_from",
+        RUN_REF,
+        None,
+        "Start with that run's mirrored output already in output_dir (unset: empty).",
+        example="run_3",
     ),
 )
 

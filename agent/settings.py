@@ -57,6 +57,8 @@ class RunSettings:
     setup: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=_empty_env)
     exclude: tuple[str, ...] = (".git/", "__pycache__/", "*.pyc")
+    code_from: str | None = None
+    resume_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +23,51 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def pairs_to_toml(pairs: Sequence[str]) -> str:
+def pairs_to_toml(pairs: Sequence[str], base: Mapping[str, Any] | None = None) -> str:
     """Return request TOML for ``KEY=VALUE`` pairs (``env.NAME=V`` sets one env variable).
 
-    Raises UserError for a pair without ``=``.
+    ``base``: settings the pairs override key by key (``KEY=`` with nothing after the
+    ``=`` removes a key of ``base``). Raises UserError for a pair without ``=``.
     """
-    doc = tomlkit.document()
-    env = tomlkit.table()
+    values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k != "env"}
+    env: dict[str, Any] = dict((base or {}).get("env") or {})
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"{pair!r}: expected KEY=VALUE")
         if key.startswith("env."):
-            env.add(key.removeprefix("env."), value)
+            env[key.removeprefix("env.")] = value
+        elif key == "env" and not value:
+            env = {}
+        elif not value and key in values:
+            del values[key]
         else:
-            doc.add(key, parse_value(value))
+            values[key] = parse_value(value)
+    doc = tomlkit.document()
+    for key, value in values.items():  # plain values first: a table takes the rest
+        if not isinstance(value, dict):
+            doc.add(key, value)
+    for key, value in values.items():
+        if isinstance(value, dict):
+            doc.add(key, value)
     if env:
         doc.add("env", env)
     return tomlkit.dumps(doc)
 
 
-def write_request(config: AgentConfig, project: str, pairs: Sequence[str]) -> Path:
+def write_request(
+    config: AgentConfig, project: str, pairs: Sequence[str], base: Mapping[str, Any] | None = None
+) -> Path:
     """Validate the request and write it into ``<share>/<project>/``; return its path.
 
-    The file appears whole (written to a temp file, then hard-linked to its name) and
-    never replaces an existing request. Raises UserError or InvalidFile.
+    ``base``: settings that ``pairs`` override (see pairs_to_toml). The file appears whole
+    (written to a temp file, then hard-linked to its name) and never replaces an existing
+    request. Raises UserError or InvalidFile.
     """
     folder = config.share / project
     if "/" in project or not (folder / "bin").is_dir():
         raise UserError(f"{folder}: not a project folder (it needs a bin/ folder)")
-    text = pairs_to_toml(pairs)
+    text = pairs_to_toml(pairs, base)
     parse_request(text.encode(), "run.request", config.hosts.keys())
     fd, tmp = tempfile.mkstemp(prefix=".submit-", suffix=".tmp", dir=folder)
     try:

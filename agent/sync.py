@@ -88,6 +88,25 @@ def make_pull_argv(src: str, dest_dir: str, rsh: Sequence[str] | None) -> list[s
     return argv
 
 
+def make_seed_argv(
+    src_dir: str, dest: str, link_dest: str | None, rsh: Sequence[str] | None
+) -> list[str]:
+    """Return the argv that copies the contents of ``src_dir`` (an earlier run's output on
+    the share) into ``dest`` (the new run's output_dir) before the script starts.
+
+    ``link_dest``: the earlier run's output folder on the host, if it may still be there:
+    files equal to the share's are then hard-linked on the host instead of sent (a missing
+    folder only makes rsync warn). Nothing is deleted.
+    """
+    argv = ["rsync", "-a", "--modify-window=-1", "--stats"]
+    if link_dest is not None:
+        argv.append(f"--link-dest={link_dest}")
+    if rsh is not None:
+        argv += ["-e", shlex.join(rsh)]
+    argv += ["--", src_dir.rstrip("/") + "/", dest.rstrip("/") + "/"]
+    return argv
+
+
 def _stat_number(text: str, *labels: str) -> int:
     for label in labels:
         match = re.search(rf"^{re.escape(label)}:\s*([\d,.]+)", text, re.MULTILINE)

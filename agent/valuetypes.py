@@ -30,6 +30,7 @@ _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
 # address is an IP address (parsed by ipaddress) or a host name matching this.
 _HOST_NAME_ADDRESS_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+RUN_REF_RE = re.compile(r"run_(0|[1-9][0-9]{0,8})")
 
 
 @dataclass(frozen=True)
@@ -334,4 +335,10 @@ CONDA_ENV = ValueType(
     _pattern(CONDA_ENV_RE, "a conda environment name (letters, digits, _ . -)"),
 )
 ADDRESS = ValueType("host name or IP address", _address)
+RUN_REF = ValueType(
+    'run of this project ("run_3")',
+    _pattern(
+        RUN_REF_RE, 'a run of this project like "run_3" (another project\'s runs cannot be named)'
+    ),
+)
 USER = ValueType("user name", _pattern(_USER_RE, "a user name (letters, digits, _ . -)"))

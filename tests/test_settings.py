@@ -70,6 +70,8 @@ def test_each_layer_overrides_the_one_below_and_sources_say_which():
         "setup": "built-in",
         "env": "project",
         "exclude": "project",
+        "code_from": "built-in",
+        "resume_from": "built-in",
     }
 
 

@@ -129,6 +129,14 @@ class Host(Protocol):
         """
         ...
 
+    def seed_output(
+        self, ref: RunRef, src: Path, output_dir: str, link_dest: str | None = None
+    ) -> int:
+        """Copy the folder ``src`` (on this machine) into the run's ``output_dir`` before
+        the script starts; files equal to those in ``link_dest`` (a folder on the host)
+        are hard-linked from there instead. Returns the bytes sent."""
+        ...
+
     def kill(self, ref: RunRef, grace: float) -> None:
         """TERM the run's whole process group, KILL it after ``grace`` seconds."""
         ...

@@ -21,7 +21,7 @@ from agent.config import HostConfig
 from agent.hosts.base import HostError, LaunchSpec, MirrorResult, ProcStatus, RunRef
 from agent.hosts.mirror import Listing, ensure_staging, parse_listing, publish_settled
 from agent.launcher import make_launcher
-from agent.sync import make_pull_argv, make_upload_argv, run_rsync
+from agent.sync import make_pull_argv, make_seed_argv, make_upload_argv, run_rsync
 from agent.transport import CommandResult, Transport
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,18 @@ class ShellHost:
     def read_log(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> bytes:
         """Return up to ``limit`` bytes of the run's log from byte ``offset``."""
         return self._helper("log", self.remote_dir(ref), str(offset), str(limit)).stdout
+
+    def seed_output(
+        self, ref: RunRef, src: Path, output_dir: str, link_dest: str | None = None
+    ) -> int:
+        """rsync ``src`` into the run's ``output_dir`` (linking from ``link_dest`` on the
+        host where files are equal); return the bytes sent."""
+        dest = posixpath.join(self.remote_dir(ref), output_dir)
+        self._helper("mkdir", dest)
+        argv = make_seed_argv(
+            str(src), self.transport.rsync_target(dest), link_dest, self.transport.rsync_shell()
+        )
+        return run_rsync(argv, timeout=self.rsync_timeout).bytes_sent
 
     def kill(self, ref: RunRef, grace: float) -> None:
         """TERM the run's process group, KILL it after ``grace`` s; return when it is gone."""
