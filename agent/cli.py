@@ -159,6 +159,32 @@ def cmd_status(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(opts: argparse.Namespace) -> int:
+    """Print runs, wall hours, GPU-hours and amounts of finished runs, grouped."""
+    from agent import billing
+    from agent.index import ShareIndex
+
+    config = load_config(opts.config)
+    try:
+        start = billing.parse_day(opts.start) if opts.start else None
+        end = billing.parse_day(opts.end, last=True) if opts.end else None
+    except ValueError as exc:
+        raise UserError(f"--from/--to: {exc}") from None
+    runs = ShareIndex.build(config.share).runs()
+    lines = billing.in_period(billing.bill_lines(runs, config.hosts), start, end)
+    groups, grand = billing.totals(lines, opts.by, opts.all)
+    if opts.csv:
+        sys.stdout.write(billing.format_csv(groups, grand, opts.by))
+    else:
+        period = f"{start or 'the first'} .. {end or 'the last'}"
+        print(f"Finished runs by the day they started, {period}, by {opts.by}:\n")
+        sys.stdout.write(billing.format_table(groups, grand, opts.by))
+    note = "" if opts.all else billing.left_out(lines)
+    if note:
+        print(f"\n{note}", end="", file=sys.stderr if opts.csv else sys.stdout)
+    return 0
+
+
 def cmd_tail(opts: argparse.Namespace) -> int:
     """Print a run's log; follow it while the run is not terminal (unless ``--no-follow``)."""
     folder = run_folder(load_config(opts.config), opts.project, opts.run)
@@ -244,6 +270,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("share", metavar="SHARE")
     p = command("status", cmd_status, "list runs")
     p.add_argument("project", nargs="?", metavar="PROJECT")
+    p = command("report", cmd_report, "runs, hours, GPU-hours and amounts of finished runs")
+    p.add_argument("--from", dest="start", metavar="DATE", help="first day (or month) counted")
+    p.add_argument("--to", dest="end", metavar="DATE", help="last day (or month) counted")
+    p.add_argument("--by", choices=("client", "project", "host", "month"), default="client")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    p.add_argument("--all", action="store_true", help="count runs that ended in error too")
     p = command("tail", cmd_tail, "print a run's log, following it while it runs")
     p.add_argument("project", metavar="PROJECT")
     p.add_argument("run", metavar="RUN")

@@ -33,6 +33,8 @@ class HostConfig:
     shutdown_after: int | None = None
     cancel_shutdown_command: str = "sudo -n /sbin/shutdown -c"
     shutdown_command: str = "sudo -n /sbin/shutdown -P now"
+    rate_per_gpu_hour: float | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)

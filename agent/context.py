@@ -60,9 +60,16 @@ class Wakeups:
             return list(self._events)
 
 
+def _nobody_listens(_path: Path) -> None:
+    """The default change listener: nothing is published."""
+
+
 @dataclass
 class RunContext:
-    """What a run needs from the agent: config, hosts, a logger, the stop signal, a clock."""
+    """What a run needs from the agent: config, hosts, a logger, the stop signal, a clock,
+    and ``on_change``, told of every run.info the agent writes (a run folder) and every
+    request it rejects (the project folder): the pages, bills and notices are made from
+    that. It must return at once (it only queues the path)."""
 
     config: AgentConfig
     hosts: Mapping[str, Host]
@@ -70,6 +77,7 @@ class RunContext:
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.time
     wakeups: Wakeups = field(default_factory=Wakeups)
+    on_change: Callable[[Path], None] = _nobody_listens
 
     def request_stop(self) -> None:
         """Tell the agent and every driver to stop; safe to call from a signal handler."""

@@ -88,4 +88,6 @@ def run_demo(where: Path | None = None) -> int:
     print("last lines of log.log:")
     print("\n".join(f"  {line}" for line in log_lines[-4:]))
     print(f"\nEverything about the run: {run_dir}")
+    print(f"Its page, with the training curve: {run_dir / 'index.html'}")
+    print(f"Every run on the share: {share / 'droprun.html'}")
     return 0 if info.state == runinfo.SUCCEEDED else 1

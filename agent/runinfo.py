@@ -77,6 +77,7 @@ class RunInfo:
     reason: str | None = None
     name: str | None = None
     notes: str | None = None
+    client: str | None = None
     host: str | None = None
     submitted_by: str | None = None
     request_sha256: str | None = None
@@ -203,30 +204,54 @@ def _plain_values(lines: list[str]) -> dict[str, Any] | None:
     return values
 
 
+def read_text(path: Path) -> str:
+    """Return the text of the run.info at ``path``. Raises RunInfoError if it cannot be read."""
+    try:
+        return _read_plain(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunInfoError(f"{path}: cannot read ({exc})") from exc
+
+
+def head_values(text: str, keys: frozenset[str], where: str = "run.info") -> dict[str, Any]:
+    """Return the top-level values of ``keys`` (and ``format``) in run.info ``text``.
+
+    The fast summary reader of ``status``, resume and the pages: the agent writes every
+    top-level value on one line before the first table, so only those lines are parsed, by
+    hand when they are plain, else with tomllib; a file not written that way (hand-edited)
+    is parsed whole. Raises RunInfoError if the file is not a valid run.info.
+    """
+    keys = keys | {"format"}
+    head = text.partition("\n[")[0].splitlines()
+    wanted = [line for line in head if line.split(" ", 1)[0] in keys]
+    data = _plain_values(wanted)
+    if data is None:
+        try:
+            data = tomllib.loads("\n".join(wanted))
+        except tomllib.TOMLDecodeError:
+            data = None
+    if data is not None and data.get("format") == FORMAT:
+        try:
+            RunInfo.from_dict(data, where)
+            return data
+        except RunInfoError:
+            pass  # read all of it below, for the full message
+    full = RunInfo.from_toml(text, where)
+    parsed = tomllib.loads(text)  # valid: from_toml parsed it
+    values = {k: v for k, v in parsed.items() if k in keys}
+    values.update(project=full.project, run=full.run, state=full.state)
+    return values
+
+
 def load(path: Path, *, summary: bool = False) -> RunInfo:
     """Read the run.info at ``path``. Raises RunInfoError if missing or invalid.
 
     With ``summary``, only the keys that listings show are parsed (the rest keep their
     defaults): a sixth of the work, for ``status`` and resume over thousands of runs.
     """
-    try:
-        text = _read_plain(path).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunInfoError(f"{path}: cannot read ({exc})") from exc
+    text = read_text(path)
     if summary:
-        # The agent writes every top-level value on one line, before the first table.
-        head = text.partition("\n[")[0].splitlines()
-        wanted = [line for line in head if line.split(" ", 1)[0] in SUMMARY_KEYS]
-        quick = _plain_values(wanted)
-        if quick is not None and quick.get("format") == FORMAT:
-            try:
-                return RunInfo.from_dict(quick, str(path))
-            except RunInfoError:
-                pass  # read all of it below, for the full message
-        try:
-            return RunInfo.from_toml("\n".join(wanted), str(path))
-        except RunInfoError:
-            pass  # not written by the agent, or hand-edited: read all of it
+        values = head_values(text, SUMMARY_KEYS, str(path))
+        return RunInfo.from_dict({k: v for k, v in values.items() if k in SUMMARY_KEYS})
     return RunInfo.from_toml(text, str(path))
 
 

@@ -65,6 +65,7 @@ class RunDriver:
             )
         runinfo.save(self.info_path, self.info)
         self.written = _peek(self.info_path)
+        self.ctx.on_change(self.run_dir)
 
     def move(self, state: str, reason: str | None = None) -> None:
         """Record a state change in run.info and the log."""

@@ -103,6 +103,7 @@ def _mark_error(ctx: RunContext, run_dir: Path, reason: str) -> None:
         if not info.terminal:
             info.transition(runinfo.ERROR, reason)
             runinfo.save(path, info)
+            ctx.on_change(run_dir)
     except (OSError, runinfo.RunInfoError, ValueError) as exc:
         ctx.log.error("%s: cannot record the error in run.info: %s", run_dir, exc)
 
@@ -131,6 +132,7 @@ class Scheduler:
         if info.state == runinfo.ACCEPTED:
             info.transition(runinfo.QUEUED)
             runinfo.save(run_dir / "run.info", info)
+            self.ctx.on_change(run_dir)
             self.ctx.log.info("%s/run_%d: queued on %s", info.project, info.run, info.host)
         host = info.host or "local"
         self.queues[host].put(run_dir)

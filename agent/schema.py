@@ -27,8 +27,10 @@ from typing import Any
 
 from agent.valuetypes import (
     ADDRESS,
+    AMOUNT,
     COMMAND,
     CONDA_ENV,
+    CURRENCY,
     DURATION,
     ENV,
     GPU_IDS,
@@ -165,6 +167,13 @@ RUN_FIELDS: tuple[Field, ...] = (
         None,
         "Start with that run's mirrored output already in output_dir (unset: empty).",
         example="run_3",
+    ),
+    Field(
+        "client",
+        NAME,
+        None,
+        "Billing label: who the run is for (droprun report groups by it).",
+        example="acme",
     ),
 )
 
@@ -309,6 +318,14 @@ HOST_FIELDS: tuple[Field, ...] = (
         "sudo -n /sbin/shutdown -c",
         "How a pending power-off is cancelled when new work arrives.",
     ),
+    Field(
+        "rate_per_gpu_hour",
+        AMOUNT,
+        None,
+        "Price of one GPU-hour on this host, for droprun report (unset: no amount).",
+        example=1.2,
+    ),
+    Field("currency", CURRENCY, None, "Currency of rate_per_gpu_hour.", example="EUR"),
 )
 
 AGENT_TABLES: tuple[Table, ...] = (

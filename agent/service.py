@@ -18,6 +18,7 @@ from agent.context import RunContext
 from agent.hosts import open_host
 from agent.names import is_request_name
 from agent.problems import UserError
+from agent.publish import Publisher
 from agent.scheduler import Scheduler
 from agent.watcher import Hint, Watcher, WatchLimitError, open_watcher
 
@@ -140,6 +141,7 @@ class Intake:
             self.failed[path] = sig
             return
         if isinstance(result, share.Rejected):
+            self.ctx.on_change(path.parent)
             self.ctx.log.warning(
                 "%s: rejected (%d problem(s)), see %s",
                 path,
@@ -311,6 +313,9 @@ def serve(ctx: RunContext, *, once: bool) -> None:
     the next start. Raises UserError if another agent serves the share.
     """
     with share_lock(ctx.config.share):
+        publisher = Publisher(ctx)
+        ctx.on_change = publisher.changed
+        publisher.start()
         scheduler = Scheduler(ctx)
         scheduler.start()
         agent = Agent(ctx, scheduler, once=once)
@@ -325,6 +330,7 @@ def serve(ctx: RunContext, *, once: bool) -> None:
             agent.close()
             for run_dir in scheduler.join(JOIN_TIMEOUT):
                 ctx.log.info("%s: stopped in the middle of a step; resumed at next start", run_dir)
+            publisher.stop()
             for host in ctx.hosts.values():
                 host.close()
 

@@ -59,6 +59,7 @@ class RunSettings:
     exclude: tuple[str, ...] = (".git/", "__pycache__/", "*.pyc")
     code_from: str | None = None
     resume_from: str | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Effective:
         """Return every run setting as TOML values, plus a ``sources`` sub-table.
 
         Durations become strings like ``"1h30m"``, arrays lists, ``env`` a table; an unset
-        ``conda_env`` is left out (TOML has no null).
+        ``conda_env`` or ``client`` is left out (TOML has no null).
         """
         table: dict[str, Any] = {}
         for spec in RUN_FIELDS:

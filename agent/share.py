@@ -309,6 +309,7 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
         run=number,
         name=effective.name,
         notes=effective.notes,
+        client=effective.settings.client,
         host=effective.settings.host,
         submitted_by=_owner(st),
         request_sha256=hashlib.sha256(moved).hexdigest(),

@@ -268,6 +268,15 @@ def _integer(value: object, _context: Context) -> int:
     return value
 
 
+def _amount(value: object, _context: Context) -> float:
+    """A non-negative finite number (a price): whole or with a fraction."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(value, "a number like 1.5")
+    if not 0 <= value < 1e12:  # also refuses nan and inf
+        raise _fail(value, "a number from 0 to below 1e12")
+    return value
+
+
 def _mac(value: object, _context: Context) -> str:
     text = _plain_string(value, 'a MAC address like "aa:bb:cc:dd:ee:ff"', MAX_NAME)
     if not _MAC_RE.fullmatch(text):
@@ -329,6 +338,10 @@ DURATION = ValueType('duration ("90m", "12h", "1d2h" or seconds)', _duration)
 SECONDS = ValueType("seconds (a number, or a duration)", _seconds)
 INTEGER = ValueType("whole number", _integer)
 MAC = ValueType("MAC address", _mac)
+AMOUNT = ValueType("number", _amount)
+CURRENCY = ValueType(
+    "currency code", _pattern(re.compile(r"[A-Za-z]{1,8}"), 'a currency code like "EUR"')
+)
 HOST_ALIAS = ValueType("host name", _host_alias)
 CONDA_ENV = ValueType(
     "conda environment name",

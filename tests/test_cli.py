@@ -66,6 +66,13 @@ def test_demo_runs_the_example_to_success(tmp_path):
     assert "succeeded" in result.stdout
     output = tmp_path / "demo" / "share" / "tiny-regression" / "results" / "run_0" / "output"
     assert (output / "checkpoint-008.json").exists()
+    # The demo ends with a page that shows the training curve: one point per epoch.
+    page = (output.parent / "index.html").read_text()
+    assert "From metrics.csv." in page
+    assert page.count('<polyline data-series="loss" points="') == 1
+    points = page.split('<polyline data-series="loss" points="')[1].split('"')[0].split()
+    assert len(points) == 8
+    assert "index.html" in result.stdout
 
 
 def test_a_second_agent_on_the_same_share_is_refused(tmp_path):

@@ -50,7 +50,7 @@ def test_host_and_agent_defaults_match_the_dataclasses(tmp_path):
 
 def test_each_layer_overrides_the_one_below_and_sources_say_which():
     agent = {"timeout": 3600, "backup_every": 60, "host": "gpu1", "args": ("a",)}
-    project = {"timeout": 7200, "env": {"A": "1"}, "exclude": ("data/",)}
+    project = {"timeout": 7200, "env": {"A": "1"}, "exclude": ("data/",), "client": "acme"}
     request = {"timeout": 60, "args": ("b", "c"), "name": "try", "notes": "n"}
     effective = merge(agent, project, request)
     s = effective.settings
@@ -58,6 +58,7 @@ def test_each_layer_overrides_the_one_below_and_sources_say_which():
     assert dict(s.env) == {"A": "1"}
     assert s.exclude == ("data/",)
     assert s.run_script == "run.sh"
+    assert s.client == "acme"
     assert (effective.name, effective.notes) == ("try", "n")
     assert dict(effective.sources) == {
         "host": "agent",
@@ -72,6 +73,7 @@ def test_each_layer_overrides_the_one_below_and_sources_say_which():
         "exclude": "project",
         "code_from": "built-in",
         "resume_from": "built-in",
+        "client": "project",
     }
 
 

@@ -1,7 +1,8 @@
 """A small real training script: fits y = 3x - 2 + noise by gradient descent.
 
-Prints the loss of every epoch and writes a checkpoint per epoch into the output folder,
-the way a real training script does (write to a temp file, then rename).
+Prints the loss of every epoch, writes a checkpoint per epoch into the output folder the
+way a real training script does (write to a temp file, then rename), and appends a row per
+epoch to output/metrics.csv, from which droprun draws the run's training curve.
 """
 
 import argparse
@@ -23,6 +24,9 @@ def main() -> None:
     data = [(x, 3 * x - 2 + rng.gauss(0, 0.1)) for x in (rng.uniform(-1, 1) for _ in range(256))]
     w, b = 0.0, 0.0
     os.makedirs(opts.output, exist_ok=True)
+    metrics = os.path.join(opts.output, "metrics.csv")
+    with open(metrics, "w") as f:
+        f.write("epoch,loss,w,b\n")
     for epoch in range(1, opts.epochs + 1):
         grad_w = grad_b = loss = 0.0
         for x, y in data:
@@ -33,6 +37,8 @@ def main() -> None:
         w -= opts.lr * grad_w
         b -= opts.lr * grad_b
         print(f"epoch {epoch}/{opts.epochs}  loss {loss:.4f}  w {w:.3f}  b {b:.3f}", flush=True)
+        with open(metrics, "a") as f:
+            f.write(f"{epoch},{loss:.6f},{w:.6f},{b:.6f}\n")
         path = os.path.join(opts.output, f"checkpoint-{epoch:03d}.json")
         with open(path + ".tmp", "w") as f:
             json.dump({"epoch": epoch, "w": w, "b": b, "loss": loss}, f)

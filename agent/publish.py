@@ -1,0 +1,207 @@
+"""The agent's publisher: one thread that keeps the status pages and the billing files on
+the share current, and tells the notifier what happened to each run.
+
+It is told of changes through ``RunContext.on_change`` (a queue put, so a run's driver never
+waits for it). It reads every run.info once at start (:class:`agent.index.ShareIndex`),
+then only the run that changed, so one state change costs the same on a share of ten runs
+as of ten thousand: that run's page, its project's page and ``droprun.html`` are made
+again, at most once every ``MIN_INTERVAL`` s, and a page is written (atomically) only if its
+text changed. Every ``LOOK_EVERY`` s it looks at the logs of running runs, so their pages
+follow the log and a stalled run is noticed. A failure here is logged and never stops the
+agent or a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent import billing
+from agent.context import RunContext
+from agent.fsutil import atomic_write, read_plain
+from agent.index import RunSummary, ShareIndex
+from agent.pages import PAGE_NAME, ROOT_PAGE, project_page, root_page, run_page
+
+MIN_INTERVAL = 2.0  # s between two rounds of page writing
+LOOK_EVERY = 5.0  # s between two looks at the logs of running runs
+MAX_PAGE_READ = 64 << 20
+
+Listener = Callable[[RunSummary | None, RunSummary | None], None]
+LogListener = Callable[[RunSummary, float], None]
+
+
+class Publisher:
+    """Pages and billing files, made from the share's index in one thread."""
+
+    def __init__(self, ctx: RunContext, clock: Callable[[], float] = time.time) -> None:
+        self.ctx = ctx
+        self.root = ctx.config.share
+        self.clock = clock
+        self.events: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self.index = ShareIndex(self.root)
+        self.digests: dict[Path, bytes] = {}  # page -> sha256 of the text last written
+        self.dirty_runs: set[Path] = set()
+        self.dirty_projects: set[str] = set()
+        self.dirty_root = False
+        self.log_sizes: dict[Path, int] = {}
+        self.on_run: list[Listener] = []  # told (before, now) of every run that changed
+        self.on_log: list[LogListener] = []  # told (run, log mtime) of every running run
+        self.thread = threading.Thread(target=self.serve, name="publish", daemon=True)
+
+    # -- called from other threads ---------------------------------------------------------
+
+    def changed(self, path: Path) -> None:
+        """A run.info was written (``path``: the run folder) or a request rejected (the
+        project folder). Returns at once."""
+        self.events.put(path)
+
+    def start(self) -> None:
+        """Start the thread (it reads the share's runs first)."""
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is pending and stop the thread (waiting up to ``timeout`` s)."""
+        self.events.put(None)
+        self.thread.join(timeout)
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Read the share, then follow changes until :meth:`stop`."""
+        self.guarded("read the share", self.load)
+        next_round = next_look = time.monotonic()
+        while True:
+            pending = self.dirty_root or self.dirty_projects or self.dirty_runs
+            wake = min(next_look, next_round) if pending else next_look
+            paths = self.wait(max(0.0, wake - time.monotonic()))
+            stopping = None in paths
+            for path in paths:
+                if path is not None:
+                    self.guarded(f"follow {path}", self.note, path)
+            now = time.monotonic()
+            if now >= next_look or stopping:
+                self.guarded("look at the logs", self.look_at_logs)
+                next_look = now + LOOK_EVERY
+            pending = self.dirty_root or self.dirty_projects or self.dirty_runs
+            if pending and (stopping or now >= next_round):
+                self.guarded("write the pages", self.write_pages)
+                next_round = now + MIN_INTERVAL
+            if stopping:
+                return
+
+    def guarded(self, what: str, step: Callable[..., object], *args: object) -> None:
+        """Run ``step(*args)``; log (never raise) what goes wrong: publishing never stops
+        the agent."""
+        try:
+            step(*args)
+        except Exception:
+            self.ctx.log.exception("publishing: cannot %s", what)
+
+    def wait(self, timeout: float) -> list[Path | None]:
+        """Return the paths that arrive within ``timeout`` s (all that are queued by then)."""
+        try:
+            paths = [self.events.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                paths.append(self.events.get_nowait())
+            except queue.Empty:
+                return paths
+
+    def load(self) -> None:
+        """Read every run, bring every month's billing file up to date, and mark the pages
+        to write: the share's, every project's, and each run's that is missing or active."""
+        self.index = ShareIndex.build(self.root)
+        self.write_bills(None)
+        self.dirty_root = True
+        self.dirty_projects = set(self.index.projects)
+        for run in self.index.runs():
+            if run.active or not (run.run_dir / PAGE_NAME).exists():
+                self.dirty_runs.add(run.run_dir)
+
+    def note(self, path: Path) -> None:
+        """Take one change: read the run (or the project's rejections) again."""
+        if path.parent.name != "results":
+            if self.index.update_rejections(path):
+                self.dirty_root = True
+                self.dirty_projects.add(path.name)
+            return
+        before, now = self.index.update(path)
+        self.dirty_root = True
+        self.dirty_projects.add(path.parent.parent.name)
+        if now is not None:
+            self.dirty_runs.add(path)
+            if now.terminal and (before is None or not before.terminal):
+                self.write_bills([billing.bill_line(now, self.ctx.config.hosts)])
+        for listener in self.on_run:
+            self.guarded(f"tell of {path}", listener, before, now)
+
+    def write_bills(self, ended: list[billing.BillLine | None] | None) -> None:
+        """Rewrite the billing files of the months of ``ended`` (None: of every month)."""
+        lines = billing.bill_lines(self.index.runs(), self.ctx.config.hosts)
+        months = None if ended is None else [line.month for line in ended if line is not None]
+        if months != []:
+            billing.write_months(self.root, lines, months)
+
+    def look_at_logs(self) -> None:
+        """Mark the page of each running run whose log grew; tell the log listeners."""
+        sizes: dict[Path, int] = {}
+        for run in self.index.runs():
+            if run.state != "running":
+                continue
+            try:
+                st = (run.run_dir / "log.log").stat()
+            except OSError:
+                continue
+            sizes[run.run_dir] = st.st_size
+            if self.log_sizes.get(run.run_dir) != st.st_size:
+                self.dirty_runs.add(run.run_dir)
+            for listener in self.on_log:
+                self.guarded(f"tell of {run.run_dir}'s log", listener, run, st.st_mtime)
+        self.log_sizes = sizes
+
+    def write_pages(self) -> None:
+        """Make the marked pages and write those whose text changed."""
+        now = self.clock()
+        runs, projects, share = self.dirty_runs, self.dirty_projects, self.dirty_root
+        self.dirty_runs, self.dirty_projects, self.dirty_root = set(), set(), False
+        for run_dir in sorted(runs):
+            summary = self.index.projects.get(run_dir.parent.parent.name, {}).get(
+                int(run_dir.name.removeprefix("run_"))
+            )
+            if summary is not None and run_dir.is_dir():
+                self.write(run_dir / PAGE_NAME, run_page(summary, now))
+        for project in sorted(projects):
+            results = self.root / project / "results"
+            if project in self.index.projects and results.is_dir():
+                self.write(results / PAGE_NAME, project_page(self.index, project, now))
+        if share:
+            self.write(self.root / ROOT_PAGE, root_page(self.index, now))
+
+    def write(self, path: Path, text: str) -> bool:
+        """Write ``path`` atomically if its text changed; return True if it was written.
+
+        Never through a folder that leads out of the share (a link a share user put there).
+        """
+        data = text.encode("utf-8")
+        digest = hashlib.sha256(data).digest()
+        if self.digests.get(path) == digest:
+            return False
+        if path not in self.digests:  # first time since start: compare with the file
+            try:
+                if read_plain(path, MAX_PAGE_READ) == data:
+                    self.digests[path] = digest
+                    return False
+            except OSError:
+                pass
+        if not path.parent.resolve().is_relative_to(self.root.resolve()):
+            self.ctx.log.warning("%s: leads out of the share; page not written", path.parent)
+            return False
+        atomic_write(path, data)
+        self.digests[path] = digest
+        return True
