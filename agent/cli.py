@@ -117,8 +117,13 @@ def _duration(info: runinfo.RunInfo, now: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def status_rows(config: AgentConfig, project: str | None = None) -> list[list[str]]:
-    """Return one row per run: project, run, state, host, start, duration, exit code."""
+def status_rows(
+    config: AgentConfig, project: str | None = None, sweep: str | None = None
+) -> list[list[str]]:
+    """Return one row per run: project, run, state, host, start, duration, exit code.
+
+    With ``sweep``, only that sweep's runs, each with its values as an eighth column.
+    """
     now = time.time()
     rows = []
     projects = [config.share / project] if project else share.project_dirs(config.share)
@@ -126,7 +131,10 @@ def status_rows(config: AgentConfig, project: str | None = None) -> list[list[st
         try:
             info = runinfo.load(run_dir / "run.info", summary=True)
         except runinfo.RunInfoError:
-            rows.append([run_dir.parent.parent.name, run_dir.name, "?", "-", "-", "-", "-"])
+            if sweep is None:
+                rows.append([run_dir.parent.parent.name, run_dir.name, "?", "-", "-", "-", "-"])
+            continue
+        if sweep is not None and info.sweep_id != sweep:
             continue
         start = (
             time.strftime("%Y-%m-%d %H:%M", time.localtime(info.start_epoch))
@@ -145,14 +153,31 @@ def status_rows(config: AgentConfig, project: str | None = None) -> list[list[st
                 code,
             ]
         )
+        if sweep is not None:
+            rows[-1].append(_sweep_values(run_dir))
     return rows
+
+
+def _sweep_values(run_dir: Path) -> str:
+    """Return a sweep run's values as ``lr=0.1 batch=64`` ("?" if run.info is unreadable)."""
+    from agent.sweep import word
+
+    try:
+        values = runinfo.load(run_dir / "run.info").sweep or {}
+    except runinfo.RunInfoError:
+        return "?"
+    return " ".join(f"{key}={word(value)}" for key, value in values.items())
 
 
 def cmd_status(opts: argparse.Namespace) -> int:
     """Print a table of runs."""
     config = load_config(opts.config)
     header = ["PROJECT", "RUN", "STATE", "HOST", "START", "DURATION", "EXIT"]
-    rows = status_rows(config, opts.project)
+    if opts.sweep is not None:
+        header.append("VALUES")
+    rows = status_rows(config, opts.project, opts.sweep)
+    if opts.sweep is not None and not rows:
+        raise UserError(f"no runs of sweep {opts.sweep!r}")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -270,6 +295,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("share", metavar="SHARE")
     p = command("status", cmd_status, "list runs")
     p.add_argument("project", nargs="?", metavar="PROJECT")
+    p.add_argument("--sweep", metavar="ID", help="only the runs of this sweep (its sweep_id)")
     p = command("report", cmd_report, "runs, hours, GPU-hours and amounts of finished runs")
     p.add_argument("--from", dest="start", metavar="DATE", help="first day (or month) counted")
     p.add_argument("--to", dest="end", metavar="DATE", help="last day (or month) counted")

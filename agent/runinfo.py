@@ -47,7 +47,17 @@ STATES = (
     ERROR,
 )
 SUMMARY_KEYS = frozenset(
-    {"format", "project", "run", "state", "host", "start_epoch", "duration_s", "exit_code"}
+    {
+        "format",
+        "project",
+        "run",
+        "state",
+        "host",
+        "start_epoch",
+        "duration_s",
+        "exit_code",
+        "sweep_id",
+    }
 )
 TERMINAL = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, ERROR})
 
@@ -103,6 +113,8 @@ class RunInfo:
     rerun_of: int | None = None
     resume_from: str | None = None
     bytes_resumed: int | None = None
+    sweep_id: str | None = None
+    sweep: dict[str, Any] | None = None
     effective: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, str]] = field(default_factory=list)
 

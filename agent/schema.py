@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.sweep import SWEEP
 from agent.valuetypes import (
     ADDRESS,
     AMOUNT,
@@ -180,6 +181,14 @@ RUN_FIELDS: tuple[Field, ...] = (
 REQUEST_ONLY_FIELDS: tuple[Field, ...] = (
     Field("name", NAME, None, "A short label for this run.", example="baseline"),
     Field("notes", TEXT, None, "Free text kept with the run.", example="lr 3e-4, batch 64"),
+    Field(
+        "sweep",
+        SWEEP,
+        None,
+        "One run per combination of these values, each passed as --key value and as "
+        'DROPRUN_PARAM_KEY; mode = "zip" pairs them instead (at most 256 runs).',
+        example={"lr": [0.1, 0.01], "batch": [64, 128]},
+    ),
 )
 
 AGENT_FIELDS: tuple[Field, ...] = (

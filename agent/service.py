@@ -149,17 +149,18 @@ class Intake:
                 result.error_file.name,
             )
             return
-        info = result.info
-        self.ctx.log.info("%s/run_%d: accepted from %s", info.project, info.run, path.name)
-        try:
-            self.scheduler.submit(result.run_dir, info)
-        except (OSError, runinfo.RunInfoError) as exc:
-            self.ctx.log.error(
-                "%s/run_%d: cannot queue it (%s); it is queued at the next start",
-                info.project,
-                info.run,
-                exc,
-            )
+        for run in (result, *result.more):
+            info = run.info
+            self.ctx.log.info("%s/run_%d: accepted from %s", info.project, info.run, path.name)
+            try:
+                self.scheduler.submit(run.run_dir, info)
+            except (OSError, runinfo.RunInfoError) as exc:
+                self.ctx.log.error(
+                    "%s/run_%d: cannot queue it (%s); it is queued at the next start",
+                    info.project,
+                    info.run,
+                    exc,
+                )
 
 
 def resume(ctx: RunContext, scheduler: Scheduler) -> int:

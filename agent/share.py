@@ -11,27 +11,25 @@ import hashlib
 import os
 import pwd
 import re
+import secrets
 import stat
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from agent import runinfo
 from agent.config import AgentConfig
 from agent.fsutil import NotPlainFile, atomic_write, read_plain
 from agent.names import is_project_name, is_request_name, request_kind
+from agent.plan import Plan, plan_runs
 from agent.problems import InvalidFile, Problem
-from agent.rerun import reference_problems, run_number
+from agent.rerun import run_number
 from agent.runinfo import RunInfo
 from agent.settings import (
     MAX_REQUEST_BYTES,
-    Effective,
-    merge,
     parse_request,
     read_project_layer,
 )
-from agent.tomlsrc import scan_keys
 
 RUN_DIR_RE = re.compile(r"^run_(\d+)$")
 COUNTER_NAME = ".next_run"
@@ -146,10 +144,11 @@ def _owner(st: os.stat_result) -> str:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A request that became run ``run`` in ``run_dir``."""
+    """A request that became run ``run`` in ``run_dir``; a sweep's other runs in ``more``."""
 
     run_dir: Path
     info: RunInfo
+    more: tuple[Accepted, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,54 +214,6 @@ def read_request(request: Path, shown_as: str | None = None) -> bytes:
         raise InvalidFile([Problem(shown_as or request.name, None, None, message)]) from exc
 
 
-def _text_of(path: Path, follow: bool) -> str:
-    """Return the text of a settings file, for line numbers only ("" if unreadable)."""
-    try:
-        return read_plain(path, MAX_REQUEST_BYTES, follow=follow).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _locator(
-    config: AgentConfig, project: Path, request_name: str, data: bytes, effective: Effective
-) -> Callable[[str], tuple[str, int | None]]:
-    """Return ``where(key)``: the file and line that set run setting ``key``."""
-
-    def where(key: str) -> tuple[str, int | None]:
-        source = effective.sources.get(key, "request")
-        if source == "agent":
-            text, file, path = _text_of(config.path, True), str(config.path), ("defaults", key)
-        elif source == "project":
-            toml = project / "project.toml"
-            text, file, path = _text_of(toml, False), str(toml), (key,)
-        else:
-            text, file, path = data.decode("utf-8", "replace"), request_name, (key,)
-        return file, scan_keys(text).line_of(path)
-
-    return where
-
-
-def _effective(
-    config: AgentConfig,
-    project: Path,
-    request_name: str,
-    data: bytes,
-    layer_project: Mapping[str, Any],
-    layer_request: Mapping[str, Any],
-) -> Effective:
-    """Return the merged settings of a request whose layers are valid each.
-
-    Raises InvalidFile for what only the merged settings show: a ``code_from`` or
-    ``resume_from`` naming a run that cannot be used.
-    """
-    effective = merge(config.defaults, layer_project, layer_request)
-    where = _locator(config, project, request_name, data, effective)
-    problems = reference_problems(project, effective, where)
-    if problems:
-        raise InvalidFile(problems)
-    return effective
-
-
 def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
     """Accept ``request`` into a new run folder, or reject it with every reason.
 
@@ -283,7 +234,7 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
         data = read_request(request)
         layer_project = read_project_layer(project / "project.toml", config.hosts.keys())
         layer_request = parse_request(data, request.name, config.hosts.keys())
-        effective = _effective(config, project, request.name, data, layer_project, layer_request)
+        plans = plan_runs(config, project, request.name, data, layer_project, layer_request)
     except InvalidFile as exc:
         return reject(request, [str(p) for p in exc.problems])
     number, run_dir = claim_run_dir(project)
@@ -297,13 +248,27 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
         moved = read_request(target, shown_as=request.name)  # swapped before the rename?
         if moved != data:  # changed between our read and the rename: validate what we own now
             layer_request = parse_request(moved, request.name, config.hosts.keys())
-            effective = _effective(
-                config, project, request.name, moved, layer_project, layer_request
-            )
+            plans = plan_runs(config, project, request.name, moved, layer_project, layer_request)
     except InvalidFile as exc:
         os.rename(target, request)
         run_dir.rmdir()
         return reject(request, [str(p) for p in exc.problems])
+    sweep_id = secrets.token_hex(4) if plans[0].sweep is not None else None
+    accepted: list[Accepted] = []
+    for plan in plans:
+        if accepted:  # the other runs of a sweep: each folder gets the request too
+            number, run_dir = claim_run_dir(project)
+            atomic_write(run_dir / "run.request", moved)
+        info = _first_info(project, number, plan, st, moved)
+        info.sweep_id = sweep_id
+        runinfo.save(run_dir / "run.info", info)
+        accepted.append(Accepted(run_dir, info))
+    return replace(accepted[0], more=tuple(accepted[1:]))
+
+
+def _first_info(project: Path, number: int, plan: Plan, st: os.stat_result, data: bytes) -> RunInfo:
+    """Return the run.info of a run just accepted (pure)."""
+    effective = plan.effective
     info = RunInfo(
         project=project.name,
         run=number,
@@ -312,7 +277,7 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
         client=effective.settings.client,
         host=effective.settings.host,
         submitted_by=_owner(st),
-        request_sha256=hashlib.sha256(moved).hexdigest(),
+        request_sha256=hashlib.sha256(data).hexdigest(),
         accepted_at=runinfo.now_iso(),
         timeout_s=effective.settings.timeout,
         effective=effective.to_table(),
@@ -321,5 +286,5 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
     if effective.settings.code_from is not None:
         info.rerun_of = run_number(effective.settings.code_from)
     info.resume_from = effective.settings.resume_from
-    runinfo.save(run_dir / "run.info", info)
-    return Accepted(run_dir, info)
+    info.sweep = plan.sweep
+    return info

@@ -24,21 +24,22 @@ def parse_value(text: str) -> Any:
 
 
 def pairs_to_toml(pairs: Sequence[str], base: Mapping[str, Any] | None = None) -> str:
-    """Return request TOML for ``KEY=VALUE`` pairs (``env.NAME=V`` sets one env variable).
+    """Return request TOML for ``KEY=VALUE`` pairs (``env.NAME=V`` sets one env variable,
+    ``sweep.NAME=[...]`` one sweep key).
 
     ``base``: settings the pairs override key by key (``KEY=`` with nothing after the
     ``=`` removes a key of ``base``). Raises UserError for a pair without ``=``.
     """
-    values: dict[str, Any] = {k: v for k, v in (base or {}).items() if k != "env"}
-    env: dict[str, Any] = dict((base or {}).get("env") or {})
+    values: dict[str, Any] = dict(base or {})
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"{pair!r}: expected KEY=VALUE")
-        if key.startswith("env."):
-            env[key.removeprefix("env.")] = value
-        elif key == "env" and not value:
-            env = {}
+        table, dot, name = key.partition(".")
+        if dot and table in ("env", "sweep") and name:
+            entries = dict(values.get(table) or {})
+            entries[name] = value if table == "env" else parse_value(value)
+            values[table] = entries
         elif not value and key in values:
             del values[key]
         else:
@@ -48,10 +49,8 @@ def pairs_to_toml(pairs: Sequence[str], base: Mapping[str, Any] | None = None) -
         if not isinstance(value, dict):
             doc.add(key, value)
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             doc.add(key, value)
-    if env:
-        doc.add("env", env)
     return tomlkit.dumps(doc)
 
 

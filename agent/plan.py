@@ -1,0 +1,96 @@
+"""What an accepted request becomes: the effective settings of one run, or of one run per
+combination of its ``[sweep]``, after the checks that only the merged settings allow.
+
+Each layer (agent defaults, ``project.toml``, the request) is valid on its own by then;
+what is checked here spans them: ``code_from`` / ``resume_from`` must name a usable run of
+the project, and a sweep key must not be in the run's ``args`` or ``env`` already. Every
+problem names the file and line that set the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.fsutil import read_plain
+from agent.problems import InvalidFile, Problem
+from agent.rerun import reference_problems
+from agent.settings import MAX_REQUEST_BYTES, Effective, merge
+from agent.sweep import Scalar, Sweep, clashes, run_layer
+from agent.tomlsrc import scan_keys
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run to claim: its effective settings and, in a sweep, its values."""
+
+    effective: Effective
+    sweep: dict[str, Scalar] | None = None
+
+
+def _text_of(path: Path, follow: bool) -> str:
+    """Return the text of a settings file, for line numbers only ("" if unreadable)."""
+    try:
+        return read_plain(path, MAX_REQUEST_BYTES, follow=follow).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _locator(
+    config: AgentConfig, project: Path, request_name: str, data: bytes, effective: Effective
+) -> Callable[[str], tuple[str, int | None]]:
+    """Return ``where(key)``: the file and line that set run setting ``key``."""
+
+    def where(key: str) -> tuple[str, int | None]:
+        source = effective.sources.get(key, "request")
+        if source == "agent":
+            text, file, path = _text_of(config.path, True), str(config.path), ("defaults", key)
+        elif source == "project":
+            toml = project / "project.toml"
+            text, file, path = _text_of(toml, False), str(toml), (key,)
+        else:
+            text, file, path = data.decode("utf-8", "replace"), request_name, (key,)
+        return file, scan_keys(text).line_of(path)
+
+    return where
+
+
+def plan_runs(
+    config: AgentConfig,
+    project: Path,
+    request_name: str,
+    data: bytes,
+    layer_project: Mapping[str, Any],
+    layer_request: Mapping[str, Any],
+) -> list[Plan]:
+    """Return the runs that the request ``data`` (valid layers) makes, in order.
+
+    Raises InvalidFile listing every problem of the merged settings.
+    """
+    effective = merge(config.defaults, layer_project, layer_request)
+    problems = reference_problems(
+        project, effective, _locator(config, project, request_name, data, effective)
+    )
+    sweep: Sweep | None = layer_request.get("sweep")
+    if sweep is not None:
+        lines = scan_keys(data.decode("utf-8", "replace"))
+        problems += [
+            Problem(request_name, lines.line_of(("sweep", key)), f"sweep.{key}", message)
+            for key, message in clashes(sweep, effective.settings.args, effective.settings.env)
+        ]
+    if problems:
+        raise InvalidFile(problems)
+    if sweep is None:
+        return [Plan(effective)]
+    plans = []
+    for values in sweep.combinations():
+        layer = run_layer(layer_request, effective.settings.args, effective.settings.env, values)
+        merged = merge(config.defaults, layer_project, layer)
+        sources = MappingProxyType({**merged.sources, "args": "sweep", "env": "sweep"})
+        plans.append(Plan(dataclasses.replace(merged, sources=sources), values))
+    return plans
