@@ -115,6 +115,7 @@ class RunInfo:
     bytes_resumed: int | None = None
     sweep_id: str | None = None
     sweep: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
     effective: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, str]] = field(default_factory=list)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import reuse, runinfo
+from agent import envcapture, reuse, runinfo
 from agent.archive import make_archive, tree_signature
 from agent.context import RunContext
 from agent.fsutil import read_plain
@@ -343,6 +343,8 @@ class RunDriver:
         """Stream the log and mirror outputs until the process ends, times out or is cancelled."""
         if self.info.bin_sha256 is None:
             self.archive()
+        if self.info.environment is None:
+            envcapture.capture(self, self.launch_spec().cuda_visible_devices)
         last_mirror = self.ctx.clock()
         failing_since: float | None = None
         while True:

@@ -330,11 +330,16 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 
 @contextlib.contextmanager
 def running_sshd(
-    user: TestUser, address: str, port: int | None = None, netns: str | None = None
+    user: TestUser,
+    address: str,
+    port: int | None = None,
+    netns: str | None = None,
+    extra_config: str = "",
 ) -> Iterator[SshServer]:
     """Run a real sshd on ``address`` (inside ``netns`` if given) until the context ends.
 
-    ``port`` None picks a free loopback port (use 22 inside a namespace).
+    ``port`` None picks a free loopback port (use 22 inside a namespace); ``extra_config``
+    is appended to sshd_config (e.g. ``SetEnv PATH=...`` for the sessions).
     """
     sshd = require_tool("sshd")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -346,7 +351,9 @@ def running_sshd(
         user_public = keygen(tmp / "user_key")
         (tmp / "authorized_keys").mkdir(mode=0o755)
         (tmp / "authorized_keys" / user.name).write_text(user_public + "\n")
-        (tmp / "sshd_config").write_text(SSHD_CONFIG.format(address=address, tmp=tmp))
+        (tmp / "sshd_config").write_text(
+            SSHD_CONFIG.format(address=address, tmp=tmp) + extra_config
+        )
         base.mkdir(mode=0o755)
         os.chown(base, user.uid, user.gid)
         log = tmp / "sshd.log"

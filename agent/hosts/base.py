@@ -152,6 +152,11 @@ class Host(Protocol):
         """
         ...
 
+    def environment(self, conda_env: str | None, venv: str | None, devices: str | None) -> bytes:
+        """Return the host's ``envinfo`` sections (see :mod:`agent.envcapture`): python and
+        packages in ``conda_env`` or ``venv``, GPUs ``devices`` (all if None), OS, host."""
+        ...
+
     def run_starting(self) -> None:
         """Called before a run uses the host (cancels a pending power-off)."""
         ...

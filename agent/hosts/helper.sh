@@ -155,6 +155,95 @@ do_gpus() {  # gpus [IDS]: one GPU name per line, or "no-nvidia-smi"
     fi
 }
 
+ei_section() {  # ei_section NAME: start a section of envinfo's output
+    printf '\n@@droprun-env %s@@\n' "$1"
+}
+
+ei_run() {  # ei_run CMD...: its output (at most 1 MiB, 30 s), or "@@absent@@" if it fails
+    # timeout runs programs only: a shell function (conda's is one) runs as it is.
+    if command -v timeout >/dev/null 2>&1 && case $(command -v "$1") in /*) true ;; *) false ;; esac; then
+        ei_out=$(timeout 30 "$@" 2>&1) && ei_st=0 || ei_st=$?
+    else
+        ei_out=$("$@" 2>&1) && ei_st=0 || ei_st=$?
+    fi
+    if [ "$ei_st" -eq 0 ]; then printf '%s\n' "$ei_out" | head -c 1048576; else echo @@absent@@; fi
+}
+
+ei_home() {  # ei_home PATH: a leading ~/ or $HOME/ made the home folder
+    case $1 in
+        '~'/*) printf '%s/%s\n' "$HOME" "${1#??}" ;;
+        '$HOME'/*) printf '%s/%s\n' "$HOME" "${1#??????}" ;;
+        *) printf '%s\n' "$1" ;;
+    esac
+}
+
+do_envinfo() {  # envinfo CONDA_ENV VENV GPUS CONDA_SH...: the run's environment, in sections
+    ei_conda=$1 ei_venv=$2 ei_gpus=$3
+    shift 3
+    if [ -n "$ei_conda" ]; then  # activated as the launcher does it, never failing here
+        ei_found=
+        for ei_f in "$@"; do
+            ei_f=$(ei_home "$ei_f")
+            if [ -f "$ei_f" ]; then
+                . "$ei_f" >/dev/null 2>&1 && ei_found=$ei_f
+                break
+            fi
+        done
+        if [ -z "$ei_found" ] && command -v conda >/dev/null 2>&1; then
+            eval "$(conda shell.posix hook 2>/dev/null)" >/dev/null 2>&1 && ei_found=PATH
+        fi
+        ei_section conda
+        if [ -n "$ei_found" ] && conda activate "$ei_conda" >/dev/null 2>&1; then
+            ei_run conda list --explicit
+        else
+            echo @@absent@@
+        fi
+    fi
+    ei_py=
+    if [ -n "$ei_venv" ]; then
+        ei_venv=$(ei_home "$ei_venv")
+        [ -x "$ei_venv/bin/python" ] && ei_py=$ei_venv/bin/python
+    fi
+    if [ -z "$ei_py" ]; then
+        for ei_f in python python3; do
+            if command -v "$ei_f" >/dev/null 2>&1; then
+                ei_py=$(command -v "$ei_f")
+                break
+            fi
+        done
+    fi
+    ei_section python
+    if [ -n "$ei_py" ]; then ei_run "$ei_py" --version; echo "$ei_py"; else echo @@absent@@; fi
+    ei_section pip
+    if [ -n "$ei_py" ]; then ei_run "$ei_py" -m pip freeze; else echo @@absent@@; fi
+    ei_section nvidia-smi
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        if [ -n "$ei_gpus" ]; then
+            ei_run nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv -i "$ei_gpus"
+        else
+            ei_run nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+        fi
+        ei_section nvidia-smi-header
+        ei_run nvidia-smi
+    else
+        echo @@absent@@
+    fi
+    ei_section nvcc
+    if command -v nvcc >/dev/null 2>&1; then ei_run nvcc --version; else echo @@absent@@; fi
+    ei_section uname
+    ei_run uname -a
+    ei_section os-release
+    for ei_f in /etc/os-release /usr/lib/os-release; do
+        if [ -f "$ei_f" ]; then
+            head -c 65536 -- "$ei_f"
+            break
+        fi
+    done
+    ei_section hostname
+    ei_run uname -n
+    return 0
+}
+
 VERB=${1:-}
 [ $# -gt 0 ] && shift
 case "$VERB" in
@@ -168,6 +257,7 @@ case "$VERB" in
     kill) need_args 2 $#; do_kill "$1" "$2" ;;
     cleanup) need_args 1 $#; do_cleanup "$1" ;;
     gpus) do_gpus "${1:-}" ;;
+    envinfo) need_args 3 $#; do_envinfo "$@" ;;
     home) printf '%s\n' "$HOME" ;;
     power) need_args 1 $#; sh -c "$1" ;;
     *) die 2 "unknown verb: $VERB" ;;

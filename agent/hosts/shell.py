@@ -20,7 +20,7 @@ from pathlib import Path
 from agent.config import HostConfig
 from agent.hosts.base import HostError, LaunchSpec, MirrorResult, ProcStatus, RunRef
 from agent.hosts.mirror import Listing, ensure_staging, parse_listing, publish_settled
-from agent.launcher import make_launcher
+from agent.launcher import CONDA_SH_PLACES, make_launcher
 from agent.sync import make_pull_argv, make_seed_argv, make_upload_argv, run_rsync
 from agent.transport import CommandResult, Transport
 
@@ -204,6 +204,15 @@ class ShellHost:
         if out.startswith("no-nvidia-smi"):
             return None
         return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def environment(self, conda_env: str | None, venv: str | None, devices: str | None) -> bytes:
+        """Return the ``envinfo`` helper's output: one call for all of it."""
+        if self.config.conda_sh:
+            places = [self.config.conda_sh]
+        else:
+            places = [f"{place}/etc/profile.d/conda.sh" for place in CONDA_SH_PLACES]
+        argv = (conda_env or "", venv or "", devices or "", *places)
+        return self._helper("envinfo", *argv, timeout=300.0).stdout
 
     # -- a run ---------------------------------------------------------------------------
 
