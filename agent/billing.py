@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -235,24 +235,26 @@ def _iso(epoch: int | None) -> str:
     return "" if epoch is None else datetime.fromtimestamp(epoch).astimezone().isoformat()
 
 
-def month_csv(lines: Iterable[BillLine]) -> str:
-    """Return the text of a month's billing file: one row per finished run (pure)."""
+def month_row(line: BillLine) -> str:
+    """Return the CSV line of one run in a month's billing file (pure)."""
+    r, amount = line.run, line.amount
+    rate = "" if line.rate is None else _decimal(line.rate)
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(MONTH_COLUMNS)
-    for line in lines:
-        r, amount = line.run, line.amount
-        rate = "" if line.rate is None else _decimal(line.rate)
-        writer.writerow(
-            [
-                *(r.project, r.run, r.name or "", r.client or "", r.host or "", r.state),
-                *("yes" if line.counted else "no", _iso(r.start_epoch), _iso(r.end_epoch)),
-                *(line.seconds, fixed(hours(line.seconds), 4), line.gpus),
-                *(fixed(hours(line.gpu_seconds), 4), rate, line.currency),
-                "" if amount is None else fixed(amount, 2),
-            ]
-        )
+    csv.writer(out, lineterminator="\n").writerow(
+        [
+            *(r.project, r.run, r.name or "", r.client or "", r.host or "", r.state),
+            *("yes" if line.counted else "no", _iso(r.start_epoch), _iso(r.end_epoch)),
+            *(line.seconds, fixed(hours(line.seconds), 4), line.gpus),
+            *(fixed(hours(line.gpu_seconds), 4), rate, line.currency),
+            "" if amount is None else fixed(amount, 2),
+        ]
+    )
     return out.getvalue()
+
+
+def month_csv(lines: Iterable[BillLine], row: Callable[[BillLine], str] = month_row) -> str:
+    """Return the text of a month's billing file: one ``row`` per finished run (pure)."""
+    return ",".join(MONTH_COLUMNS) + "\n" + "".join(row(line) for line in lines)
 
 
 def billing_dir(share: Path) -> Path:
@@ -260,9 +262,15 @@ def billing_dir(share: Path) -> Path:
     return share / PUBLISH_DIR / "billing"
 
 
-def write_months(share: Path, lines: Iterable[BillLine], months: Iterable[str] | None) -> int:
+def write_months(
+    share: Path,
+    lines: Iterable[BillLine],
+    months: Iterable[str] | None,
+    row: Callable[[BillLine], str] = month_row,
+) -> int:
     """Write ``<YYYY-MM>.csv`` for ``months`` (None: every month of ``lines``) from
-    ``lines``; a file whose text is unchanged is left alone. Returns how many were written.
+    ``lines``, each made by ``row`` (the agent passes a cached one); a file whose text is
+    unchanged is left alone. Returns how many were written.
 
     Raises OSError if the share cannot be written.
     """
@@ -274,7 +282,7 @@ def write_months(share: Path, lines: Iterable[BillLine], months: Iterable[str] |
     written = 0
     for month in wanted:
         path = folder / f"{month}.csv"
-        text = month_csv(by_month.get(month, [])).encode("utf-8")
+        text = month_csv(by_month.get(month, []), row).encode("utf-8")
         try:
             if path.read_bytes() == text:
                 continue

@@ -36,7 +36,7 @@ INDEX_KEYS = frozenset(
 MAX_ERROR_TEXT = 16 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunSummary:
     """What listings and bills show of one run. ``problem`` is set (and the rest mostly
     unknown) when its run.info cannot be read."""

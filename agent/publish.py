@@ -29,6 +29,7 @@ from agent.pages import PAGE_NAME, ROOT_PAGE, project_page, root_page, run_page
 MIN_INTERVAL = 2.0  # s between two rounds of page writing
 LOOK_EVERY = 5.0  # s between two looks at the logs of running runs
 MAX_PAGE_READ = 64 << 20
+BACKFILL_PER_ROUND = 25  # pages of older runs that have none, written per round
 
 Listener = Callable[[RunSummary | None, RunSummary | None], None]
 LogListener = Callable[[RunSummary, float], None]
@@ -48,6 +49,8 @@ class Publisher:
         self.dirty_projects: set[str] = set()
         self.dirty_root = False
         self.log_sizes: dict[Path, int] = {}
+        self.bills: dict[Path, tuple[RunSummary, billing.BillLine | None, str]] = {}
+        self.backfill: list[Path] = []  # ended runs without a page (filed before pages were)
         self.on_run: list[Listener] = []  # told (before, now) of every run that changed
         self.on_log: list[LogListener] = []  # told (run, log mtime) of every running run
         self.thread = threading.Thread(target=self.serve, name="publish", daemon=True)
@@ -75,7 +78,7 @@ class Publisher:
         self.guarded("read the share", self.load)
         next_round = next_look = time.monotonic()
         while True:
-            pending = self.dirty_root or self.dirty_projects or self.dirty_runs
+            pending = self.pending()
             wake = min(next_look, next_round) if pending else next_look
             paths = self.wait(max(0.0, wake - time.monotonic()))
             stopping = None in paths
@@ -86,12 +89,15 @@ class Publisher:
             if now >= next_look or stopping:
                 self.guarded("look at the logs", self.look_at_logs)
                 next_look = now + LOOK_EVERY
-            pending = self.dirty_root or self.dirty_projects or self.dirty_runs
-            if pending and (stopping or now >= next_round):
+            if self.pending() and (stopping or now >= next_round):
                 self.guarded("write the pages", self.write_pages)
                 next_round = now + MIN_INTERVAL
             if stopping:
                 return
+
+    def pending(self) -> bool:
+        """True if some page is to be written."""
+        return bool(self.dirty_root or self.dirty_projects or self.dirty_runs or self.backfill)
 
     def guarded(self, what: str, step: Callable[..., object], *args: object) -> None:
         """Run ``step(*args)``; log (never raise) what goes wrong: publishing never stops
@@ -120,9 +126,16 @@ class Publisher:
         self.write_bills(None)
         self.dirty_root = True
         self.dirty_projects = set(self.index.projects)
+        missing = []
         for run in self.index.runs():
-            if run.active or not (run.run_dir / PAGE_NAME).exists():
+            if run.active:
                 self.dirty_runs.add(run.run_dir)
+            elif not (run.run_dir / PAGE_NAME).exists():
+                missing.append(run)
+        # Oldest last, so that pop() takes the newest; a few per round, not all at once.
+        self.backfill = [r.run_dir for r in sorted(missing, key=lambda r: r.accepted_at or "")]
+        if self.backfill:
+            self.ctx.log.info("writing the pages of %d earlier runs", len(self.backfill))
 
     def note(self, path: Path) -> None:
         """Take one change: read the run (or the project's rejections) again."""
@@ -142,11 +155,27 @@ class Publisher:
             self.guarded(f"tell of {path}", listener, before, now)
 
     def write_bills(self, ended: list[billing.BillLine | None] | None) -> None:
-        """Rewrite the billing files of the months of ``ended`` (None: of every month)."""
-        lines = billing.bill_lines(self.index.runs(), self.ctx.config.hosts)
+        """Rewrite the billing files of the months of ``ended`` (None: of every month).
+
+        Each run's line and CSV row are made once and kept while its summary is the same
+        object (the index makes a new one when the run changes).
+        """
         months = None if ended is None else [line.month for line in ended if line is not None]
-        if months != []:
-            billing.write_months(self.root, lines, months)
+        if months == []:
+            return
+        cache: dict[Path, tuple[RunSummary, billing.BillLine | None, str]] = {}
+        for run in self.index.runs():
+            entry = self.bills.get(run.run_dir)
+            if entry is None or entry[0] is not run:
+                line = billing.bill_line(run, self.ctx.config.hosts)
+                entry = (run, line, "" if line is None else billing.month_row(line))
+            cache[run.run_dir] = entry
+        self.bills = cache
+        lines = sorted(
+            (line for _, line, _ in cache.values() if line is not None),
+            key=lambda line: (line.at, line.run.project, line.run.run),
+        )
+        billing.write_months(self.root, lines, months, lambda line: cache[line.run.run_dir][2])
 
     def look_at_logs(self) -> None:
         """Mark the page of each running run whose log grew; tell the log listeners."""
@@ -170,6 +199,8 @@ class Publisher:
         now = self.clock()
         runs, projects, share = self.dirty_runs, self.dirty_projects, self.dirty_root
         self.dirty_runs, self.dirty_projects, self.dirty_root = set(), set(), False
+        for _ in range(min(BACKFILL_PER_ROUND, len(self.backfill))):
+            runs.add(self.backfill.pop())
         for run_dir in sorted(runs):
             summary = self.index.projects.get(run_dir.parent.parent.name, {}).get(
                 int(run_dir.name.removeprefix("run_"))

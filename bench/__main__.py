@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.plan import FULL, QUICK, SMOKE, Plan
 from bench.report import Row, render, write_json
 
-GROUPS = ("transfer", "runs", "scale")
+GROUPS = ("transfer", "runs", "scale", "pages")
 
 
 def runner(group: str) -> Callable[[Path, Plan], list[Row]]:
@@ -23,6 +23,8 @@ def runner(group: str) -> Callable[[Path, Plan], list[Row]]:
         from bench.transfer import run_all
     elif group == "runs":
         from bench.runs import run_all
+    elif group == "pages":
+        from bench.pages import run_all
     else:
         from bench.sharescale import run_all
     return run_all
@@ -38,7 +40,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(GROUPS),
-        help="scenario groups: transfer (1-3), runs (4, 4b, 6), scale (5); default all",
+        help="scenario groups: transfer (1-3), runs (4, 4b, 6), scale (5), pages (7); default all",
     )
     opts = parser.parse_args(argv)
     opts.groups = [g for g in opts.only.split(",") if g]
