@@ -38,6 +38,15 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """The agent's ``[notify]`` table, validated. ``stalled_after`` is in seconds."""
+
+    urls: tuple[str, ...] = ()
+    on: tuple[str, ...] = ("succeeded", "failed", "timed_out", "cancelled", "error", "stalled")
+    stalled_after: int = 1800
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole ``droprun.toml``, validated. ``defaults`` is a validated settings layer."""
 
@@ -51,3 +60,4 @@ class AgentConfig:
     watch: Literal["inotify", "poll"] = "inotify"
     log_every: float = 2.0
     kill_grace: float = 10.0
+    notify: NotifyConfig = NotifyConfig()

@@ -161,6 +161,7 @@ def run_page(summary: RunSummary, now: float) -> str:
         (e(k), _value(v), e(sources.get(k, ""))) for k, v in effective.items() if k != "sources"
     ]
     history = [(e(h.get("state")), e(h.get("at"))) for h in data.get("history") or []]
+    notices = [(e(k), e(v)) for k, v in (data.get("notify") or {}).items()]
     lines = log_tail(run_dir / "log.log")
     series = curves.read_series(run_dir, lines)
     curve = (
@@ -195,5 +196,6 @@ def run_page(summary: RunSummary, now: float) -> str:
         f"<h2>run.info</h2>{_table(facts)}"
         f"<h2>Effective settings</h2>{_table(settings, ('setting', 'value', 'from'))}"
         f"<h2>History</h2>{_table(history, ('state', 'at'))}"
+        + (f"<h2>Notices</h2>{_table(notices, ('event', 'sent'))}" if notices else "")
     )
     return page(f"droprun: {title}", body, reload=summary.active)

@@ -117,6 +117,7 @@ class RunInfo:
     sweep: dict[str, Any] | None = None
     environment: dict[str, Any] | None = None
     effective: dict[str, Any] = field(default_factory=dict)
+    notify: dict[str, str] = field(default_factory=dict)  # event -> what became of its notice
     history: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -144,11 +145,13 @@ class RunInfo:
         doc.add("format", FORMAT)
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or f.name in ("effective", "history"):
+            if value is None or f.name in ("effective", "notify", "history"):
                 continue
             doc.add(f.name, value)
         if self.effective:
             doc.add("effective", self.effective)
+        if self.notify:
+            doc.add("notify", self.notify)
         aot = tomlkit.aot()
         for entry in self.history:
             aot.append(tomlkit.item(entry))

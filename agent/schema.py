@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.sweep import SWEEP
+from agent.urltypes import EVENTS, NOTIFY_EVENTS, NOTIFY_URLS, WEB_URLS
 from agent.valuetypes import (
     ADDRESS,
     AMOUNT,
@@ -337,6 +338,41 @@ HOST_FIELDS: tuple[Field, ...] = (
     Field("currency", CURRENCY, None, "Currency of rate_per_gpu_hour.", example="EUR"),
 )
 
+NOTIFY_FIELDS: tuple[Field, ...] = (
+    Field(
+        "urls",
+        NOTIFY_URLS,
+        [],
+        "Where notices go: Apprise URLs (mailto://, ntfys://, slack://, msteams://, "
+        "discord://, tgram://, json://...).",
+        example=["ntfys://ntfy.sh/my-droprun-topic"],
+    ),
+    Field(
+        "on",
+        EVENTS,
+        list(NOTIFY_EVENTS),
+        "What sends a notice: a run ending in one of these states, or stalled.",
+    ),
+    Field(
+        "stalled_after",
+        DURATION,
+        "30m",
+        "A running run whose log has not grown for this long is stalled (one notice).",
+    ),
+)
+
+# A project.toml's [notify]: more URLs for its runs, of web services only.
+PROJECT_NOTIFY_FIELDS: tuple[Field, ...] = (
+    Field(
+        "urls",
+        WEB_URLS,
+        [],
+        "More notice URLs for this project's runs (web services only: ntfys://, slack://, "
+        "msteams://, discord://, tgram://, jsons://...).",
+        example=["ntfys://ntfy.sh/my-project-topic"],
+    ),
+)
+
 AGENT_TABLES: tuple[Table, ...] = (
     Table(
         "defaults",
@@ -349,4 +385,5 @@ AGENT_TABLES: tuple[Table, ...] = (
         HOST_FIELDS,
         named=True,
     ),
+    Table("notify", "Notices when runs end or stall, sent with Apprise.", NOTIFY_FIELDS),
 )

@@ -17,6 +17,7 @@ from agent.config import AgentConfig
 from agent.context import RunContext
 from agent.hosts import open_host
 from agent.names import is_request_name
+from agent.notify import Notifier
 from agent.problems import UserError
 from agent.publish import Publisher
 from agent.scheduler import Scheduler
@@ -314,8 +315,11 @@ def serve(ctx: RunContext, *, once: bool) -> None:
     the next start. Raises UserError if another agent serves the share.
     """
     with share_lock(ctx.config.share):
-        publisher = Publisher(ctx)
+        publisher, notifier = Publisher(ctx), Notifier(ctx)
+        publisher.on_run.append(notifier.saw)
+        publisher.on_log.append(notifier.log_seen)
         ctx.on_change = publisher.changed
+        notifier.start()
         publisher.start()
         scheduler = Scheduler(ctx)
         scheduler.start()
@@ -332,6 +336,7 @@ def serve(ctx: RunContext, *, once: bool) -> None:
             for run_dir in scheduler.join(JOIN_TIMEOUT):
                 ctx.log.info("%s: stopped in the middle of a step; resumed at next start", run_dir)
             publisher.stop()
+            notifier.stop()
             for host in ctx.hosts.values():
                 host.close()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent.config import AgentConfig, HostConfig
+from agent.config import AgentConfig, HostConfig, NotifyConfig
 from agent.durations import format_duration
 from agent.fsutil import NotPlainFile, read_plain
 from agent.names import request_kind
@@ -22,6 +22,8 @@ from agent.schema import (
     AGENT_FIELDS,
     AGENT_TABLES,
     HOST_FIELDS,
+    NOTIFY_FIELDS,
+    PROJECT_NOTIFY_FIELDS,
     REQUEST_ONLY_FIELDS,
     RUN_FIELDS,
     Field,
@@ -174,7 +176,18 @@ def _layer(
         raise InvalidFile(list(parsed.problems))
     fields = RUN_FIELDS + REQUEST_ONLY_FIELDS if where == "request" else RUN_FIELDS
     source = _Source(file, parsed.lines)
-    values, problems = _check_table(parsed.data, fields, (), Context(host_names), source, where)
+    data = dict(parsed.data)
+    notify: dict[str, Any] = {}
+    problems: list[Problem] = []
+    if where == "project" and "notify" in data:  # more notice URLs for this project's runs
+        notify, problems = _subtable(
+            data, "notify", PROJECT_NOTIFY_FIELDS, Context(), source, where
+        )
+        del data["notify"]
+    values, more = _check_table(data, fields, (), Context(host_names), source, where)
+    problems += more
+    if notify:
+        values["notify"] = notify
     if problems:
         raise InvalidFile(_sorted(problems))
     return values
@@ -287,18 +300,10 @@ def _agent(
             hosts[name] = host
     host_names = frozenset(hosts_data) | {LOCAL_HOST}
     hosts.setdefault(LOCAL_HOST, HostConfig(name=LOCAL_HOST, kind="local"))
-    defaults_data = data.get("defaults", {})
-    defaults: dict[str, Any] = {}
-    if isinstance(defaults_data, dict):
-        context = Context(host_names, base.base_dir)
-        defaults, more = _check_table(
-            defaults_data, RUN_FIELDS, ("defaults",), context, source, "defaults"
-        )
-        problems += more
-    else:
-        problems.append(
-            source.problem(("defaults",), f"found {describe(defaults_data)}, expected a table")
-        )
+    context = Context(host_names, base.base_dir)
+    defaults, more = _subtable(data, "defaults", RUN_FIELDS, context, source, "defaults")
+    notify, more_notify = _subtable(data, "notify", NOTIFY_FIELDS, base, source, "agent")
+    problems += more + more_notify
     if problems:
         return None, _sorted(problems), host_names
     tuning = {s.name: s.convert(s.default, base) for s in AGENT_FIELDS if s.default is not None}
@@ -306,9 +311,25 @@ def _agent(
         path=path,
         hosts=MappingProxyType(hosts),
         defaults=MappingProxyType(defaults),
+        notify=NotifyConfig(**notify),
         **(tuning | values),
     )
     return config, [], host_names
+
+
+def _subtable(
+    data: Mapping[str, Any],
+    name: str,
+    fields: Sequence[Field],
+    context: Context,
+    source: _Source,
+    where: str,
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Check the table ``[name]`` of ``data`` (absent: empty); return its values and problems."""
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        return {}, [source.problem((name,), f"found {describe(table)}, expected a table")]
+    return _check_table(table, fields, (name,), context, source, where)
 
 
 def load_agent_config(path: Path) -> AgentConfig:

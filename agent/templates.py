@@ -13,7 +13,15 @@ from typing import Any
 
 import tomlkit
 
-from agent.schema import AGENT_FIELDS, HOST_FIELDS, REQUEST_ONLY_FIELDS, RUN_FIELDS, Field
+from agent.schema import (
+    AGENT_FIELDS,
+    HOST_FIELDS,
+    NOTIFY_FIELDS,
+    PROJECT_NOTIFY_FIELDS,
+    REQUEST_ONLY_FIELDS,
+    RUN_FIELDS,
+    Field,
+)
 
 _HOW_TO = '# Every key is shown commented out with its default; remove the "#" to set it.'
 
@@ -65,6 +73,10 @@ def agent_template(share: Path) -> str:
         "[defaults]",
         "",
         *_fields(RUN_FIELDS),
+        "# Notices when runs end or stall (Apprise URLs: e-mail, ntfy, Slack, Teams, ...).",
+        "[notify]",
+        "",
+        *_fields(NOTIFY_FIELDS),
         "# Servers that runs can go to, one [hosts.NAME] table each; runs name them with",
         '# host = "NAME". The host "local" (this machine) always exists unless defined here.',
         "# An ssh server, ready to uncomment:",
@@ -85,6 +97,9 @@ def project_template() -> str:
         _HOW_TO,
         "",
         *_fields(RUN_FIELDS),
+        "# Notices for this project's runs, besides the agent's (uncomment [notify] too).",
+        "# [notify]",
+        *_fields(PROJECT_NOTIFY_FIELDS),
     ]
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -50,7 +50,7 @@ def test_project_template_sets_nothing_and_documents_every_run_setting(tmp_path)
     path = tmp_path / "project.toml"
     path.write_text(text)
     assert read_project_layer(path, {"local"}) == {}
-    assert keys_shown(text) == {f.name for f in RUN_FIELDS}
+    assert keys_shown(text) == {f.name for f in RUN_FIELDS} | {"urls"}  # [notify] urls
     assert tomlkit.parse(text).unwrap() == {}
 
 
