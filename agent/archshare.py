@@ -127,7 +127,7 @@ def record(
     path = results / INDEX_NAME
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o666)
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENXIO):
             raise

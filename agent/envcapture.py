@@ -189,7 +189,7 @@ def write_files(run_dir: Path, files: Mapping[str, str]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=fd)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            with os.fdopen(os.open(tmp, flags, 0o644, dir_fd=fd), "w", encoding="utf-8") as out:
+            with os.fdopen(os.open(tmp, flags, 0o666, dir_fd=fd), "w", encoding="utf-8") as out:
                 out.write(text)
             os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
     finally:

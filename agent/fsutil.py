@@ -1,12 +1,17 @@
-"""Writing files on the share so that a reader never sees half of one."""
+"""Writing files on the share so that a reader never sees half of one.
+
+Nothing here sets permissions: files are created read-write for everyone and folders
+open to everyone, minus the umask, or as the folder's default ACL says. A chmod on a
+NAS share would replace the ACL that gives the share's users their access.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,18 +27,33 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def create_temp(folder: Path, prefix: str) -> tuple[int, Path]:
+    """Create a new empty file ``folder/<prefix><random>.tmp``; return its fd and path.
+
+    Mode 0o666 before the umask or the folder's default ACL (``mkstemp`` would make it
+    0o600, and only a chmod could widen that). Raises OSError.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = folder / f"{prefix}{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temp file name", str(folder))
+
+
 @contextmanager
-def atomic_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Yield a temp file beside ``path``; when the block ends without error, fsync it and
     rename it over ``path``. On error the temp file is removed and ``path`` is untouched.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

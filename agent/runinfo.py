@@ -109,6 +109,8 @@ class RunInfo:
     remote_dir: str | None = None
     remote_pid: int | None = None
     gpu_names: list[str] | None = None
+    rsync_local: str | None = None
+    rsync_remote: str | None = None
     outcome: str | None = None
     rerun_of: int | None = None
     resume_from: str | None = None

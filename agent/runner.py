@@ -166,6 +166,8 @@ class RunDriver:
             bin_dir = staged
         self.uploaded_signature = tree_signature(bin_dir, self.settings.exclude)
         self.info.remote_dir = self.host.remote_dir(self.ref)
+        versions = self.retry(self.host.rsync_versions, "rsync version check")
+        self.info.rsync_local, self.info.rsync_remote = versions.local, versions.remote
         self.info.bytes_uploaded = self.retry(
             lambda: self.host.upload(self.ref, bin_dir, self.settings.exclude), "upload"
         )
@@ -326,7 +328,7 @@ class RunDriver:
             if not chunk:
                 return
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-            with os.fdopen(os.open(log_path, flags, 0o644), "ab") as out:
+            with os.fdopen(os.open(log_path, flags, 0o666), "ab") as out:
                 out.write(chunk)
             offset += len(chunk)
 

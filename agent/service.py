@@ -21,6 +21,7 @@ from agent.notify import Notifier
 from agent.problems import UserError
 from agent.publish import Publisher
 from agent.scheduler import Scheduler
+from agent.sync import LocalRsync
 from agent.watcher import Hint, Watcher, WatchLimitError, open_watcher
 
 TICK = 0.5  # s: the longest the main loop sleeps (it notices a stop this fast)
@@ -45,7 +46,7 @@ def share_lock(share_dir: Path) -> Iterator[None]:
     """
     lock_dir = share_dir / ".droprun"
     lock_dir.mkdir(exist_ok=True)
-    fd = os.open(lock_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -377,5 +378,8 @@ def terminate_children(log: logging.Logger) -> list[int]:
 
 def make_context(config: AgentConfig, log: logging.Logger) -> RunContext:
     """Open every configured host (lazily connecting) and return the agent's context."""
-    hosts = {name: open_host(hc, config.state_dir) for name, hc in config.hosts.items()}
+    local_rsync = LocalRsync()
+    hosts = {
+        name: open_host(hc, config.state_dir, local_rsync) for name, hc in config.hosts.items()
+    }
     return RunContext(config=config, hosts=hosts, log=log)

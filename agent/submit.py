@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import tomlkit
 
 from agent.config import AgentConfig
+from agent.fsutil import create_temp
 from agent.problems import UserError
 from agent.settings import parse_request
 
@@ -68,13 +68,12 @@ def write_request(
         raise UserError(f"{folder}: not a project folder (it needs a bin/ folder)")
     text = pairs_to_toml(pairs, base)
     parse_request(text.encode(), "run.request", config.hosts.keys())
-    fd, tmp = tempfile.mkstemp(prefix=".submit-", suffix=".tmp", dir=folder)
+    fd, tmp = create_temp(folder, ".submit-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
         for i in range(1000):
             path = folder / ("run.request" if i == 0 else f"run-{i}.request")
             try:

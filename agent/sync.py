@@ -2,12 +2,19 @@
 
 Uploads go into the project's persistent cache on the host so that only changed blocks
 cross the network; mirrors pull ``output_dir`` into a hidden staging dir on the share.
+
+Every command line has ``-s`` (``--protect-args``, rsync >= 3.0): remote paths travel
+inside rsync's protocol, never on the remote shell's command line, whatever the agent's
+rsync version or ``RSYNC_OLD_ARGS``. Which options a transfer may use depends on the
+versions at both ends (:class:`RsyncVersions`): the receiver compares mtimes to the
+nanosecond with ``--modify-window=-1`` only from 3.1.3 on.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import threading
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -24,6 +31,21 @@ _PERMANENT_SSH_MARKERS = (
     "Permission denied",
 )
 _HOST_KEY_MARKERS = _PERMANENT_SSH_MARKERS[:2]
+# The server's shell or rsync refused the command line: the same command fails again.
+_REFUSED_MARKERS = (
+    "command not found",
+    ": not found",
+    "syntax error",
+    "unexpected token",
+    "unknown option",
+    "unrecognized option",
+    "is your shell clean",
+)
+# Protocol 31 (3.1.0) carries nanosecond mtimes; --protect-args came in 3.0.0.
+MIN_VERSION = (3, 1, 0)
+# A receiver compares nanoseconds with --modify-window=-1 from 3.1.3 on (older ones
+# misread it: 3.1.2 then counts any two mtimes of one size as equal).
+NS_RECEIVER_VERSION = (3, 1, 3)
 _WORDS = {
     1: "syntax or usage error",
     2: "protocol incompatibility",
@@ -42,6 +64,10 @@ _WORDS = {
     25: "the --max-delete limit stopped deletions",
     30: "timeout in data send/receive",
     35: "timeout waiting for daemon connection",
+    124: "the remote shell failed",
+    125: "the remote shell was killed",
+    126: "the remote rsync could not be run",
+    127: "rsync is not installed on the server (remote command not found)",
     255: "ssh could not connect or the connection dropped",
 }
 
@@ -55,18 +81,75 @@ class RsyncStats:
     files_transferred: int
 
 
+@dataclass(frozen=True)
+class RsyncVersions:
+    """The rsync versions at both ends of a host's transfers, as printed ("3.1.2")."""
+
+    local: str
+    remote: str
+
+    def problem(self) -> str | None:
+        """Return why these versions cannot work together, or None if they can (pure)."""
+        low = [
+            f"{version} on {side}"
+            for version, side in ((self.local, "the agent's machine"), (self.remote, "the server"))
+            if version_tuple(version) < MIN_VERSION
+        ]
+        if not low:
+            return None
+        minimum = ".".join(map(str, MIN_VERSION))
+        return (
+            f"rsync {' and '.join(low)} is older than {minimum}, the oldest droprun supports "
+            f"(agent's machine: {self.local}, server: {self.remote})"
+        )
+
+    @property
+    def upload_ns(self) -> bool:
+        """True if uploads can compare mtimes to the nanosecond (the server receives)."""
+        return version_tuple(self.remote) >= NS_RECEIVER_VERSION
+
+    @property
+    def pull_ns(self) -> bool:
+        """True if mirrors can compare mtimes to the nanosecond (the agent receives)."""
+        return version_tuple(self.local) >= NS_RECEIVER_VERSION
+
+
+def parse_version(text: str) -> str | None:
+    """Return the version ("3.1.2") from ``rsync --version`` output, None if absent (pure)."""
+    match = re.search(r"\bversion\s+v?(\d+\.\d+(?:\.\d+)?)", text)
+    return match.group(1) if match else None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """Return "3.1.2" as (3, 1, 2) for comparisons (pure)."""
+    return tuple(int(part) for part in version.split("."))
+
+
+def make_version_argv() -> list[str]:
+    """Return the argv that prints rsync's version (on either side)."""
+    return ["rsync", "--version"]
+
+
 def make_upload_argv(
-    src_dir: str, dest: str, exclude: Sequence[str], rsh: Sequence[str] | None
+    src_dir: str,
+    dest: str,
+    exclude: Sequence[str],
+    rsh: Sequence[str] | None,
+    *,
+    receiver_ns: bool = True,
 ) -> list[str]:
     """Return the argv that syncs the contents of ``src_dir`` into ``dest`` (the cache).
 
     ``--delete-excluded`` is on purpose: a file that was uploaded once and is excluded
     later must leave the cache too, or it would reappear in every new run dir although
     it is not in the run's ``bin.tar.gz``. Symlinks are copied as links (``-a``).
-    ``--modify-window=-1`` compares mtimes to the nanosecond (receiver rsync >= 3.1.3), so
-    an edit of a file that keeps its size within the second of the last upload is sent.
+    An edit of a file that keeps its size within the second of the last upload must be
+    sent: with ``receiver_ns`` (server rsync >= 3.1.3) ``--modify-window=-1`` compares
+    mtimes to the nanosecond; otherwise ``--checksum`` compares contents (it reads
+    ``bin/`` on both sides, once per upload).
     """
-    argv = ["rsync", "-a", "--delete", "--delete-excluded", "--modify-window=-1", "--stats"]
+    compare = "--modify-window=-1" if receiver_ns else "--checksum"
+    argv = ["rsync", "-s", "-a", "--delete", "--delete-excluded", compare, "--stats"]
     argv += [f"--exclude={pattern}" for pattern in exclude]
     if rsh is not None:
         argv += ["-e", shlex.join(rsh)]
@@ -74,14 +157,22 @@ def make_upload_argv(
     return argv
 
 
-def make_pull_argv(src: str, dest_dir: str, rsh: Sequence[str] | None) -> list[str]:
+def make_pull_argv(
+    src: str, dest_dir: str, rsh: Sequence[str] | None, *, receiver_ns: bool = True
+) -> list[str]:
     """Return the argv that mirrors the contents of ``src`` into ``dest_dir`` (staging).
 
     ``dest_dir`` is droprun's private staging dir, so ``--delete`` is safe there; rsync
-    writes each file to a temp name and renames it (no ``--inplace``); mtimes are compared
-    to the nanosecond, as for uploads.
+    writes each file to a temp name and renames it (no ``--inplace``). Nothing is
+    chmodded or chowned on the share (no ``-p``/``-o``/``-g``): new files get the folder's
+    default ACL or the umask, from read-write for everyone. With ``receiver_ns`` (agent
+    rsync >= 3.1.3) mtimes are compared to the nanosecond; an older receiver compares
+    seconds, and the caller makes up for it (see :mod:`agent.hosts.mirror`).
     """
-    argv = ["rsync", "-a", "--delete", "--modify-window=-1", "--stats"]
+    argv = ["rsync", "-s", "-rlt", "--no-perms", "--chmod=ugo=rwX", "--delete"]
+    if receiver_ns:
+        argv.append("--modify-window=-1")
+    argv.append("--stats")
     if rsh is not None:
         argv += ["-e", shlex.join(rsh)]
     argv += ["--", src.rstrip("/") + "/", dest_dir.rstrip("/") + "/"]
@@ -89,16 +180,23 @@ def make_pull_argv(src: str, dest_dir: str, rsh: Sequence[str] | None) -> list[s
 
 
 def make_seed_argv(
-    src_dir: str, dest: str, link_dest: str | None, rsh: Sequence[str] | None
+    src_dir: str,
+    dest: str,
+    link_dest: str | None,
+    rsh: Sequence[str] | None,
+    *,
+    receiver_ns: bool = True,
 ) -> list[str]:
     """Return the argv that copies the contents of ``src_dir`` (an earlier run's output on
     the share) into ``dest`` (the new run's output_dir) before the script starts.
 
     ``link_dest``: the earlier run's output folder on the host, if it may still be there:
     files equal to the share's are then hard-linked on the host instead of sent (a missing
-    folder only makes rsync warn). Nothing is deleted.
+    folder only makes rsync warn). Nothing is deleted. ``-s`` keeps ``link_dest`` away
+    from the server's shell too; ``receiver_ns`` as for :func:`make_upload_argv`.
     """
-    argv = ["rsync", "-a", "--modify-window=-1", "--stats"]
+    compare = "--modify-window=-1" if receiver_ns else "--checksum"
+    argv = ["rsync", "-s", "-a", compare, "--stats"]
     if link_dest is not None:
         argv.append(f"--link-dest={link_dest}")
     if rsh is not None:
@@ -134,15 +232,18 @@ def is_host_key_failure(stderr: str) -> bool:
 def classify_exit(code: int, stderr: str = "") -> tuple[bool, str]:
     """Return (transient?, plain words) for rsync exit ``code``.
 
-    255 (ssh failed) is transient unless ``stderr`` shows a host-key or auth failure.
+    255 (ssh failed) is transient. Whatever the code, ``stderr`` showing a host-key or
+    login failure, or that the server's shell or rsync refused the command (a syntax
+    error, no rsync, an unknown option), makes it permanent: with ``--protect-args`` an
+    ssh that fails before the transfer starts shows as 12, not 255.
     """
     words = _WORDS.get(code, f"rsync failed with exit code {code}")
-    if code == 255:
-        for marker in _PERMANENT_SSH_MARKERS:
-            if marker in stderr:
-                return False, f"ssh refused the connection: {marker}"
-        return True, words
-    return code in _TRANSIENT_CODES, words
+    for marker in _PERMANENT_SSH_MARKERS:
+        if marker in stderr:
+            return False, f"ssh refused the connection: {marker}"
+    if any(marker in stderr for marker in _REFUSED_MARKERS):
+        return False, f"{words}; the server refused rsync's command"
+    return code == 255 or code in _TRANSIENT_CODES, words
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -187,7 +288,7 @@ def run_rsync(
         stderr = proc.stderr.decode(errors="replace")
         if proc.exit_code in ok_codes:
             return parse_stats(stdout)
-        if proc.exit_code == 255 and is_host_key_failure(stderr):
+        if is_host_key_failure(stderr):
             raise HostKeyError(f"rsync: ssh host key check failed: {_tail(stderr)}")
         transient, words = classify_exit(proc.exit_code, stderr)
         last = HostError(
@@ -197,3 +298,42 @@ def run_rsync(
             raise last
     assert last is not None
     raise last
+
+
+class LocalRsync:
+    """The agent's own rsync version: asked once per agent process, then remembered.
+
+    One instance is shared by every host of the agent; safe to use from several threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version: str | None = None
+
+    def version(self) -> str:
+        """Return the version of the ``rsync`` on PATH ("3.1.2").
+
+        Raises HostError (permanent) if rsync is missing or prints no version.
+        """
+        with self._lock:
+            if self._version is None:
+                self._version = _ask_version()
+            return self._version
+
+
+def _ask_version() -> str:
+    """Run ``rsync --version`` here; return the version or raise HostError (permanent)."""
+    argv = make_version_argv()
+    try:
+        proc = sh.Command(argv[0])(
+            *argv[1:], _ok_code=list(range(256)), _timeout=60, _in=None, _return_cmd=True
+        )
+    except sh.CommandNotFound as exc:
+        raise HostError(f"{argv[0]} is not installed on the agent's machine") from exc
+    except sh.TimeoutException as exc:
+        raise HostError("the agent's rsync --version did not finish within 60 s") from exc
+    text = proc.stdout.decode(errors="replace")
+    version = parse_version(text)
+    if version is None:
+        raise HostError(f"cannot tell the version of the agent's rsync from: {_tail(text, 2)!r}")
+    return version

@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.hosts.base import HostError, HostKeyError
 from agent.sync import (
+    LocalRsync,
     RsyncStats,
+    RsyncVersions,
     classify_exit,
     make_pull_argv,
     make_upload_argv,
     parse_stats,
+    parse_version,
     run_rsync,
 )
 
@@ -35,6 +39,7 @@ def test_upload_argv_local() -> None:
     argv = make_upload_argv("/share/p/bin", "/srv/cache", [".git/", "*.pyc"], None)
     assert argv == [
         "rsync",
+        "-s",
         "-a",
         "--delete",
         "--delete-excluded",
@@ -59,11 +64,51 @@ def test_upload_argv_with_rsh_and_odd_strings() -> None:
     assert argv.index("--") == len(argv) - 3
 
 
+def test_upload_argv_for_a_server_rsync_without_nanoseconds_compares_contents() -> None:
+    argv = make_upload_argv("/share/p/bin", "/srv/cache", [], None, receiver_ns=False)
+    assert "--checksum" in argv and "--modify-window=-1" not in argv
+
+
 def test_pull_argv() -> None:
     argv = make_pull_argv("u@h:/srv/run_0/output", "/share/p/results/.droprun-staging", ["ssh"])
-    assert argv[:5] == ["rsync", "-a", "--delete", "--modify-window=-1", "--stats"]
+    assert argv[:8] == [
+        "rsync",
+        "-s",
+        "-rlt",
+        "--no-perms",
+        "--chmod=ugo=rwX",
+        "--delete",
+        "--modify-window=-1",
+        "--stats",
+    ]
     assert argv[-2:] == ["u@h:/srv/run_0/output/", "/share/p/results/.droprun-staging/"]
-    assert "--inplace" not in argv
+    assert "--inplace" not in argv and "-a" not in argv
+    old = make_pull_argv("u@h:/o", "/s", ["ssh"], receiver_ns=False)
+    assert "--modify-window=-1" not in old and "--checksum" not in old
+
+
+def test_parse_version() -> None:
+    assert parse_version("rsync  version 3.1.2  protocol version 31\nCopyright") == "3.1.2"
+    assert parse_version("rsync  version v3.2.7  protocol version 31\n") == "3.2.7"
+    assert parse_version("rsync version 3.4.1dev protocol version 32") == "3.4.1"
+    assert parse_version("openrsync: protocol version 29") is None
+
+
+def test_versions_decide_options_and_name_both_sides_when_too_old() -> None:
+    nas = RsyncVersions("3.1.2", "3.4.1")
+    assert nas.problem() is None and nas.upload_ns and not nas.pull_ns
+    old_server = RsyncVersions("3.4.1", "3.1.2")
+    assert old_server.pull_ns and not old_server.upload_ns
+    for versions in (RsyncVersions("3.0.9", "3.4.1"), RsyncVersions("3.4.1", "2.6.9")):
+        problem = versions.problem()
+        assert problem and versions.local in problem and versions.remote in problem
+        assert "3.1.0" in problem
+
+
+def test_local_rsync_version_is_this_machines() -> None:
+    assert LocalRsync().version() == parse_version(
+        subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout
+    )
 
 
 def test_parse_stats() -> None:
@@ -82,6 +127,21 @@ def test_transient_codes(code: int) -> None:
 def test_permanent_codes(code: int) -> None:
     transient, words = classify_exit(code)
     assert not transient and words
+
+
+@pytest.mark.parametrize(
+    ("code", "stderr"),
+    [
+        (12, "bash: -c: line 1: syntax error near unexpected token `('"),
+        (127, "sh: 1: rsync: not found"),
+        (12, "bash: line 1: rsync: command not found"),
+        (1, "rsync: on remote machine: --frob: unknown option"),
+        (12, "protocol version mismatch -- is your shell clean?"),
+    ],
+)
+def test_a_command_the_server_refused_is_permanent(code: int, stderr: str) -> None:
+    transient, words = classify_exit(code, stderr)
+    assert not transient and "refused" in words
 
 
 def test_255_depends_on_stderr() -> None:
@@ -166,3 +226,21 @@ def test_same_size_edit_within_the_same_second_is_sent(tmp_path: Path) -> None:
         os.utime(src / "f.py", ns=(0, (src / "f.py").stat().st_mtime_ns // 10**9 * 10**9 + 1))
         run_rsync(make_upload_argv(str(src), str(cache), [], None), timeout=30)
         assert (cache / "f.py").read_text() == "x = 2\n"
+
+
+def test_run_rsync_gives_up_at_once_when_the_server_has_no_rsync(tmp_path: Path) -> None:
+    """A real remote shell (sh) without rsync on its PATH: one attempt, a permanent error."""
+    counter = tmp_path / "calls"
+    shell = tmp_path / "remote-shell"
+    # Stands in for ssh: drops the host and runs the remote command with sh, as sshd does.
+    shell.write_text(
+        f"#!/bin/sh\necho x >> '{counter}'\nshift\nPATH=/nonexistent exec /bin/sh -c \"$*\"\n"
+    )
+    shell.chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    argv = make_upload_argv(str(tmp_path / "bin"), "h:/c", [], [str(shell)])
+    with pytest.raises(HostError) as info:
+        run_rsync(argv, timeout=30, attempts=3, backoff=0.01)
+    assert not info.value.transient
+    assert "not found" in str(info.value) and "refused" in str(info.value)
+    assert len(counter.read_text().splitlines()) == 1

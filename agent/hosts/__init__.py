@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config import HostConfig
 from agent.hosts.base import Host
 
+if TYPE_CHECKING:
+    from agent.sync import LocalRsync
 
-def open_host(config: HostConfig, state_dir: Path) -> Host:
+
+def open_host(config: HostConfig, state_dir: Path, local_rsync: LocalRsync | None = None) -> Host:
     """Return the Host for ``config``; ``state_dir`` holds per-host state (ssh sockets).
 
+    ``local_rsync`` is the agent's rsync, shared by all hosts (a new one if None).
     Raises ValueError for a kind of host this version does not know.
     """
     # Imported here: agent.sync and agent.launcher import agent.hosts.base, which runs
@@ -20,9 +25,9 @@ def open_host(config: HostConfig, state_dir: Path) -> Host:
     if config.kind == "local":
         from agent.hosts.local import LocalTransport
 
-        return ShellHost(config, LocalTransport())
+        return ShellHost(config, LocalTransport(), local_rsync=local_rsync)
     if config.kind == "ssh":
         from agent.hosts.ssh import SshTransport
 
-        return ShellHost(config, SshTransport(config, state_dir))
+        return ShellHost(config, SshTransport(config, state_dir), local_rsync=local_rsync)
     raise ValueError(f"host {config.name}: unknown kind {config.kind!r}")

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from agent.sync import RsyncVersions
 
 
 class HostError(Exception):
@@ -99,6 +102,10 @@ class Host(Protocol):
 
     def remote_dir(self, ref: RunRef) -> str:
         """Return the run directory on the host (absolute path as the host sees it)."""
+        ...
+
+    def rsync_versions(self) -> RsyncVersions:
+        """Return the rsync versions of the agent and of the host (for run.info)."""
         ...
 
     def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> int:

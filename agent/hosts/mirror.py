@@ -4,6 +4,12 @@ rsync pulls the remote output dir into a hidden staging dir next to the destinat
 file is then published into the destination (a hard link + rename, so never half-written)
 only once it is complete. The destination is walked with directory fds and O_NOFOLLOW, so
 a link that a share user (or the server) put on the way cannot lead a file out of it.
+
+A staged copy counts as the remote file when size and nanosecond mtime agree. An agent
+rsync older than 3.1.3 compares whole seconds only, and 3.1.2 even stamps the new mtime
+on a copy it skipped: :func:`forget_doubtful` and :func:`forget_unsettled` remove the
+staged copies whose content such an rsync could have left stale, so the next rsync
+sends them whole.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from agent.fsutil import open_dir
@@ -30,9 +37,12 @@ class RemoteFile:
     mtime: str
 
     @property
-    def mtime_s(self) -> int:
-        """Whole seconds of the mtime."""
-        return int(self.mtime.split(".", 1)[0])
+    def mtime_ns(self) -> int:
+        """The mtime in nanoseconds (``find``'s ``%T@`` prints them as a fraction)."""
+        try:
+            return int(Decimal(self.mtime) * 1_000_000_000)
+        except InvalidOperation:
+            return -1  # never matches a staged copy: the file waits
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,18 @@ def publish_settled(
     return published, pending
 
 
+def same_mtime(staged_ns: int, remote_ns: int) -> bool:
+    """Return True if a staged copy's mtime is the remote one (pure).
+
+    A staged mtime without a fraction of a second agrees with any remote mtime of the
+    same second: the share's file system may keep whole seconds only.
+    """
+    if staged_ns == remote_ns:
+        return True
+    second = 1_000_000_000
+    return staged_ns % second == 0 and staged_ns // second == remote_ns // second
+
+
 def _staged_matches(staged: Path, remote: RemoteFile) -> bool:
     """Return True if the staged copy has the remote file's type, size and mtime."""
     try:
@@ -101,8 +123,62 @@ def _staged_matches(staged: Path, remote: RemoteFile) -> bool:
     return (
         stat.S_ISREG(st.st_mode)
         and st.st_size == remote.size
-        and (int(st.st_mtime) == remote.mtime_s)
+        and same_mtime(st.st_mtime_ns, remote.mtime_ns)
     )
+
+
+def forget_doubtful(listing: Listing, staging: Path) -> int:
+    """Before a pull by an rsync that compares whole seconds: remove every staged copy
+    that such an rsync would wrongly keep; return how many were removed.
+
+    That is a regular file of the remote file's size whose mtime differs only in the
+    fraction of a second (rewritten within the second of the last pull). Only the
+    staging name goes: a published copy on the share is another link and stays.
+    """
+    removed = 0
+    for path, remote in listing.files.items():
+        if remote.kind != "f":
+            continue
+        staged = staging / path
+        try:
+            st = staged.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        second = 1_000_000_000
+        if (
+            stat.S_ISREG(st.st_mode)
+            and st.st_size == remote.size
+            and st.st_mtime_ns // second == remote.mtime_ns // second
+            and not same_mtime(st.st_mtime_ns, remote.mtime_ns)
+        ):
+            staged.unlink()
+            removed += 1
+    return removed
+
+
+def forget_unsettled(before: Listing, after: Listing, staging: Path) -> int:
+    """After a pull by an rsync that compares whole seconds: remove the staged copy of
+    every file that changed during it; return how many were removed.
+
+    Such an rsync may have skipped the file yet stamped its new mtime on the old copy,
+    which would then look current next time.
+    """
+    removed = 0
+    for path, remote in after.files.items():
+        if remote.kind == "f" and before.files.get(path) != remote:
+            removed += _unlink_file(staging / path)
+    return removed
+
+
+def _unlink_file(staged: Path) -> bool:
+    """Remove ``staged`` if it is a regular file; return True if it was removed."""
+    try:
+        if stat.S_ISREG(staged.lstat().st_mode):
+            staged.unlink()
+            return True
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return False
 
 
 def _publish(staged: Path, dest: Path, rel: str) -> bool:

@@ -19,9 +19,25 @@ from pathlib import Path
 
 from agent.config import HostConfig
 from agent.hosts.base import HostError, LaunchSpec, MirrorResult, ProcStatus, RunRef
-from agent.hosts.mirror import Listing, ensure_staging, parse_listing, publish_settled
+from agent.hosts.mirror import (
+    Listing,
+    ensure_staging,
+    forget_doubtful,
+    forget_unsettled,
+    parse_listing,
+    publish_settled,
+)
 from agent.launcher import CONDA_SH_PLACES, make_launcher
-from agent.sync import make_pull_argv, make_seed_argv, make_upload_argv, run_rsync
+from agent.sync import (
+    LocalRsync,
+    RsyncVersions,
+    make_pull_argv,
+    make_seed_argv,
+    make_upload_argv,
+    make_version_argv,
+    parse_version,
+    run_rsync,
+)
 from agent.transport import CommandResult, Transport
 
 log = logging.getLogger(__name__)
@@ -42,7 +58,8 @@ class ShellHost:
 
     ``quiet`` is how long (s) a file of a running job must have been left alone before a
     mirror publishes it: a stable listing alone cannot tell a writer that pauses
-    between chunks from a finished file.
+    between chunks from a finished file. ``local_rsync`` is the agent's rsync, shared
+    by all hosts so that its version is asked once.
     """
 
     def __init__(
@@ -53,6 +70,7 @@ class ShellHost:
         rsync_timeout: float = 6 * 3600.0,
         command_timeout: float = 60.0,
         quiet: float = 5.0,
+        local_rsync: LocalRsync | None = None,
     ) -> None:
         self.name = config.name
         self.slots = config.slots
@@ -71,6 +89,9 @@ class ShellHost:
         self._last_idle = 0.0
         self._locks_lock = threading.Lock()
         self._cache_locks: dict[str, threading.Lock] = {}
+        self._local_rsync = local_rsync or LocalRsync()
+        self._versions_lock = threading.Lock()
+        self._remote_rsync: str | None = None
 
     # -- paths -------------------------------------------------------------------------
 
@@ -214,6 +235,42 @@ class ShellHost:
         argv = (conda_env or "", venv or "", devices or "", *places)
         return self._helper("envinfo", *argv, timeout=300.0).stdout
 
+    # -- rsync at both ends -----------------------------------------------------------------
+
+    def rsync_versions(self) -> RsyncVersions:
+        """Return the rsync versions of the agent and of this host (each asked once).
+
+        Raises HostError: permanent if rsync is missing or prints no version.
+        """
+        local = self._local_rsync.version()
+        with self._versions_lock:
+            if self._remote_rsync is None:
+                self._remote_rsync = self._ask_remote_version()
+            return RsyncVersions(local, self._remote_rsync)
+
+    def _ask_remote_version(self) -> str:
+        """Run ``rsync --version`` on the host; return the version or raise HostError."""
+        result = self.transport.run(make_version_argv(), timeout=self.command_timeout)
+        out = result.stdout.decode(errors="replace")
+        version = parse_version(out) if result.exit_code == 0 else None
+        if version is None:
+            err = result.stderr.decode(errors="replace").strip()
+            if result.exit_code == 127 or "not found" in err:
+                raise HostError(f"{self.name}: rsync is not installed on the host: {err}")
+            raise HostError(
+                f"{self.name}: cannot tell the host's rsync version "
+                f"(exit {result.exit_code}): {(out + err).strip()[:300]}"
+            )
+        return version
+
+    def _supported_versions(self) -> RsyncVersions:
+        """Return the versions; raise HostError (permanent) if droprun cannot use them."""
+        versions = self.rsync_versions()
+        problem = versions.problem()
+        if problem is not None:
+            raise HostError(f"{self.name}: {problem}")
+        return versions
+
     # -- a run ---------------------------------------------------------------------------
 
     def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> int:
@@ -224,6 +281,7 @@ class ShellHost:
             self.transport.rsync_target(cache),
             exclude,
             self.transport.rsync_shell(),
+            receiver_ns=self._supported_versions().upload_ns,
         )
         # Runs of one project in several slots share the cache: one rsync into it at a
         # time, and no copy out of it while another rsync renames files in it.
@@ -261,7 +319,11 @@ class ShellHost:
         dest = posixpath.join(self.remote_dir(ref), output_dir)
         self._helper("mkdir", dest)
         argv = make_seed_argv(
-            str(src), self.transport.rsync_target(dest), link_dest, self.transport.rsync_shell()
+            str(src),
+            self.transport.rsync_target(dest),
+            link_dest,
+            self.transport.rsync_shell(),
+            receiver_ns=self._supported_versions().upload_ns,
         )
         return run_rsync(argv, timeout=self.rsync_timeout).bytes_sent
 
@@ -293,19 +355,28 @@ class ShellHost:
         + rename, so never half-written) when its listing did not change during the
         transfer, its staged copy matches, and, while the job runs, it has been left
         alone for ``quiet`` s. Nothing in ``dest`` is ever deleted. With ``final`` and
-        nothing left pending, the staging dir is removed.
+        nothing left pending, the staging dir is removed. An agent rsync that compares
+        whole seconds only gets the staged copies it could leave stale removed first.
         """
+        pull_ns = self._supported_versions().pull_ns
         before = self._list(ref, output_dir)
         if not before.files:
             return MirrorResult(0, 0, 0)
         staging = ensure_staging(dest)
+        if not pull_ns:
+            forget_doubtful(before, staging)
         src = posixpath.join(self.remote_dir(ref), output_dir)
         argv = make_pull_argv(
-            self.transport.rsync_target(src), str(staging), self.transport.rsync_shell()
+            self.transport.rsync_target(src),
+            str(staging),
+            self.transport.rsync_shell(),
+            receiver_ns=pull_ns,
         )
         stats = run_rsync(argv, timeout=self.rsync_timeout, ok_codes=(0, 24))
         after = self._list(ref, output_dir)
         published, pending = publish_settled(before, after, staging, dest, self.quiet)
+        if not pull_ns:
+            forget_unsettled(before, after, staging)
         if final and not pending:
             shutil.rmtree(staging)
         return MirrorResult(stats.bytes_received, published, pending)

@@ -28,7 +28,8 @@ MAX_SOCKET_PATH = 107
 CONTROL_NAME = "cm-%C"
 CONTROL_NAME_LEN = len("/cm-") + 40 + 17
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
-_WILDCARD = re.compile(r"[*?\[\]]")
+_GLOB_TRIGGER = re.compile(r"[*?\[]")
+_GLOB_SPECIAL = re.compile(r"[\\*?\[\]]")
 
 
 def make_control_dir(state_dir: Path, uid: int) -> Path:
@@ -120,17 +121,27 @@ def make_destination(config: HostConfig) -> str:
 def make_rsync_target(config: HostConfig, path: str) -> str:
     """Return rsync's name for ``path`` on the host: ``user@address:path``, IPv6 bracketed.
 
-    rsync (>= 3.2.4) backslash-escapes the remote path for the server's shell, except
-    wildcards, which the shell would expand: a project folder named ``*`` would reach every
-    other project's files. So wildcards are escaped here, and rsync keeps those escapes.
+    droprun's rsync runs with ``--protect-args``: the path reaches the server's rsync
+    without a shell, but that rsync still expands wildcards in it, one path component at
+    a time, and only in components holding ``*``, ``?`` or ``[`` (where a backslash
+    escapes the next character; elsewhere a backslash is an ordinary character). A
+    project folder named ``*`` would otherwise reach every other project's files. So in
+    exactly those components a backslash goes before each of ``*?[]`` and backslash.
     Raises ValueError if the host has no address.
     """
-    path = _WILDCARD.sub(r"\\\g<0>", path)
+    path = "/".join(_escape_wildcards(part) for part in path.split("/"))
     address = _address(config)
     with contextlib.suppress(ValueError):  # not an IP literal: a host name, used as is
         if ipaddress.ip_address(address).version == 6:
             address = f"[{address}]"
     return f"{config.user}@{address}:{path}" if config.user else f"{address}:{path}"
+
+
+def _escape_wildcards(part: str) -> str:
+    """Return one path component as the remote rsync's wildcard expansion must see it."""
+    if not _GLOB_TRIGGER.search(part):
+        return part
+    return _GLOB_SPECIAL.sub(r"\\\g<0>", part)
 
 
 def make_remote_command(argv: Sequence[str]) -> str:
