@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(rsync openssh-server openssh-client samba smbclient iproute2 systemd python3-venv chromium)
+packages=(rsync openssh-server openssh-client samba smbclient iproute2 systemd python3-venv chromium acl)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -21,4 +21,5 @@ venv=${VENV:-.venv}
 
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
-exec "$venv/bin/python" -m pytest -q "$@"
+# Derandomized property tests: the same examples on every machine (see tests/conftest.py).
+exec "$venv/bin/python" -m pytest -q --hypothesis-profile=ci "$@"

@@ -167,13 +167,25 @@ def test_rsync_argv_keeps_every_string_one_word(
     assert [w for w in upload if w.startswith("--exclude=")] == [f"--exclude={p}" for p in exclude]
 
 
-def _argv_recorder(tmp_path: Path) -> tuple[Path, Path]:
-    """A fake ssh for rsync's -e that records the argv it gets, NUL-separated, and fails."""
+def _remote_shell(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in for ssh as rsync's -e: records the argv it gets (NUL-separated), drops
+    the ssh options and the host, and runs the remote command with the server's shell
+    (``$LOGIN_SHELL -c``, as sshd does), so the real rsync on the other end runs it."""
     record = tmp_path / "argv.bin"
     fake = tmp_path / "fake ssh"
-    fake.write_text(f"#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > '{record}'\n")
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"for a in \"$@\"; do printf '%s\\0' \"$a\"; done > '{record}'\n"
+        'shift "$SSH_WORDS"\n'
+        'if [ "$1" = -l ]; then shift 3; else shift; fi\n'
+        'exec "$LOGIN_SHELL" -c "$*"\n'
+    )
     fake.chmod(0o755)
     return fake, record
+
+
+DECOY = str.maketrans("*?[]", "ZQZZ")
+REMOTE_PART = WORD.filter(lambda w: w not in ("", ".", "..") and "/" not in w)
 
 
 @settings(
@@ -182,15 +194,20 @@ def _argv_recorder(tmp_path: Path) -> tuple[Path, Path]:
 @given(
     key=st.lists(SAFE_PATH_PART, min_size=1, max_size=3).map(lambda p: "/k/" + "/".join(p)),
     known=st.lists(SAFE_PATH_PART, min_size=1, max_size=3).map(lambda p: "/h/" + "/".join(p)),
-    remote=st.lists(WORD.filter(lambda w: w and "/" not in w), min_size=1, max_size=3),
+    remote=st.lists(REMOTE_PART, min_size=1, max_size=3),
 )
+@example(key="/k/a", known="/h/a", remote=["\\"])
+@example(key="/k/a", known="/h/a", remote=["\r"])
+@example(key="/k/a", known="/h/a", remote=["*", "a\\*b", "[x]", "$(touch pwned)"])
+@example(key="/k/a", known="/h/a", remote=["a\\*b"])
 def test_rsync_runs_ssh_with_exactly_our_words(
     tmp_path: Path, key: str, known: str, remote: list[str]
 ) -> None:
-    """rsync splits -e itself (not a shell): our ssh words and the remote path survive it."""
-    _need("rsync")
-    fake, record = _argv_recorder(tmp_path)
-    record.unlink(missing_ok=True)
+    """rsync splits -e itself (not a shell): our ssh words survive it. The remote path
+    then goes through the server's shell and the server's rsync (which expands
+    wildcards): the file lands in exactly that folder, with any agent rsync arguments
+    mode (RSYNC_OLD_ARGS sends paths on the shell's command line without -s)."""
+    fake, record = _remote_shell(tmp_path)
     config = HostConfig(
         name="g",
         kind="ssh",
@@ -200,24 +217,33 @@ def test_rsync_runs_ssh_with_exactly_our_words(
         known_hosts=Path(known),
     )
     rsh = [str(fake), *make_ssh_argv(config, tmp_path / "ctl")[1:]]
-    path = "/srv/" + "/".join(remote)
-    (tmp_path / "src").mkdir(exist_ok=True)
-    argv = make_upload_argv(str(tmp_path / "src"), make_rsync_target(config, path), [], rsh)
-    subprocess.run(argv, capture_output=True, timeout=30, check=False)
-    words = record.read_bytes().split(b"\0")[:-1]
-    got = [w.decode() for w in words]
-    assert got[: len(rsh) - 1] == rsh[1:]
-    rest = got[len(rsh) - 1 :]
-    if rest[0] == "-l":  # rsync passes user@host as "-l user host"
-        assert rest[1:3] == ["train", "10.200.0.2"]
-        rest = rest[3:]
-    else:
-        assert rest[0] == "train@10.200.0.2"
-        rest = rest[1:]
-    # The remote command is parsed by the login shell on the server: the path is one word.
-    remote_command = shlex.split(" ".join(rest))
-    assert remote_command[0] == "rsync"
-    assert remote_command[-1] == path
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "f.txt").write_text("data\n")
+    for shell, old_args in [("sh", False), ("sh", True), ("bash", False)]:
+        base = Path(tempfile.mkdtemp(dir=tmp_path))
+        target = base.joinpath(*remote)
+        target.mkdir(parents=True)
+        # Siblings that a wildcard in a name would match if the server expanded it.
+        for level, part in enumerate(remote):
+            for decoy in ("decoy", part.translate(DECOY)):
+                base.joinpath(*remote[:level], decoy).mkdir(exist_ok=True)
+        record.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "SSH_WORDS": str(len(rsh) - 1),
+            "LOGIN_SHELL": _need(shell),
+            "RSYNC_OLD_ARGS": "1" if old_args else "0",
+        }
+        argv = make_upload_argv(str(src), make_rsync_target(config, str(target / "cache")), [], rsh)
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False, env=env)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        got = [w.decode() for w in record.read_bytes().split(b"\0")[:-1]]
+        assert got[: len(rsh) - 1] == rsh[1:]
+        assert "train" in got[len(rsh) - 1 : len(rsh) + 2]
+        files = sorted(p for p in base.rglob("*") if not p.is_dir())
+        assert files == [target / "cache" / "f.txt"], (shell, old_args)
+        assert not list(tmp_path.rglob("pwned"))
 
 
 @settings(
@@ -288,9 +314,13 @@ def test_remote_command_refuses_nul_and_empty() -> None:
 
 # -- the launcher ---------------------------------------------------------------------------
 
+# Its own variables have names longer than any generated one (ENV_NAME): a loop
+# variable named like a generated env var would overwrite the value being recorded.
 RECORDER = """#!/bin/sh
-for a in "$@"; do printf '%s\\0' "$a"; done > argv.bin
-for n in $ENV_NAMES; do eval "printf '%s\\0' \\"\\${$n-UNSET}\\""; done > env.bin
+for recorder_word_ in "$@"; do printf '%s\\0' "$recorder_word_"; done > argv.bin
+for recorder_name_ in $ENV_NAMES; do
+    eval "printf '%s\\0' \\"\\${$recorder_name_-UNSET}\\""
+done > env.bin
 """
 
 OUTPUT_DIR = st.lists(
@@ -312,6 +342,7 @@ OUTPUT_DIR = st.lists(
 )
 @example(args=["$(touch pwned)"], env={"D": "/tmp", "RUN_DIR": "/"}, output_dir="o",
          script="run.sh", shell="sh")  # fmt: skip
+@example(args=["0"], env={"a": "", "n": "x"}, output_dir="1", script="0", shell="sh")
 def test_launcher_passes_every_word_exactly(
     tmp_path: Path, args: list[str], env: dict[str, str], output_dir: str, script: str, shell: str
 ) -> None:

@@ -30,7 +30,7 @@ from agent.config import HostConfig
 
 INSTALL_HINT = (
     "apt-get update && apt-get install -y rsync openssh-server openssh-client samba "
-    "smbclient iproute2"
+    "smbclient iproute2 acl"
 )
 TEST_USER = "droprun-test"
 SMB_PASSWORD = "droprun-pw"
