@@ -25,6 +25,20 @@ while [ $i -lt 3 ]; do i=$((i+1)); echo "epoch $i"; echo "ckpt $i" > output/ckpt
 exit ${EXIT_CODE:-0}
 """
 
+# Project folder names that a shell would take for commands, options or patterns.
+NASTY_PROJECT_NAMES = [
+    "$(touch pwned)",
+    "`touch pwned2`",
+    "a b; touch pwned3",
+    "-rf",
+    "*",
+    "it's",
+    "new\nline",
+    "ünïcødé 训练",
+]
+# Names that match other projects' folders if a server expands them ("alpha" exists).
+WILDCARD_PROJECT_NAMES = ["*", "alph?", "[a]lpha", "alpha*"]
+
 # Starts a grandchild, records both pids, and waits: for fail/time-out/cancel tests.
 LINGER = """#!/bin/sh
 mkdir -p output

@@ -15,7 +15,16 @@ from agent.config import HostConfig
 from agent.problems import InvalidFile
 from agent.settings import load_agent_config, parse_request, read_project_layer
 
-from shares import drop, info, make_project, run_once, write_config, write_ssh_config
+from shares import (
+    NASTY_PROJECT_NAMES,
+    WILDCARD_PROJECT_NAMES,
+    drop,
+    info,
+    make_project,
+    run_once,
+    write_config,
+    write_ssh_config,
+)
 from testbed import SshServer
 
 TRAIN = """#!/bin/sh
@@ -134,18 +143,6 @@ def _agent_until_running(config: Path, project: Path) -> threading.Thread:
             return thread
         thread.join(0.1)
     raise AssertionError("the run did not start")
-
-
-NASTY_PROJECT_NAMES = [
-    "$(touch pwned)",
-    "`touch pwned2`",
-    "a b; touch pwned3",
-    "-rf",
-    "*",
-    "it's",
-    "new\nline",
-    "ünïcødé 训练",
-]
 
 
 def test_project_folders_with_shell_syntax_in_their_names_run_as_named(
@@ -321,8 +318,7 @@ def test_project_names_with_wildcards_stay_in_their_own_folder_on_an_ssh_server(
     assert info(alpha).state == runinfo.SUCCEEDED
     cache = Path(sshd_server.remote_root) / "alpha" / "cache"
     before = sorted(p.name for p in cache.iterdir())
-    names = ["*", "alph?", "[a]lpha", "alpha*"]
-    projects = [make_project(share, n, {"run.sh": writes}) for n in names]
+    projects = [make_project(share, n, {"run.sh": writes}) for n in WILDCARD_PROJECT_NAMES]
     for project in projects:
         drop(project, f'args = ["{project.name}"]\n')
     run_once(config)
