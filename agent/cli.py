@@ -195,7 +195,10 @@ def cmd_report(opts: argparse.Namespace) -> int:
         end = billing.parse_day(opts.end, last=True) if opts.end else None
     except ValueError as exc:
         raise UserError(f"--from/--to: {exc}") from None
-    runs = ShareIndex.build(config.share).runs()
+    runs = list(ShareIndex.build(config.share).runs())
+    for run in runs:
+        if run.problem:
+            print(f"droprun: left out, unreadable: {run.problem}", file=sys.stderr)
     lines = billing.in_period(billing.bill_lines(runs, config.hosts), start, end)
     groups, grand = billing.totals(lines, opts.by, opts.all)
     if opts.csv:

@@ -44,8 +44,9 @@ def root_page(index: ShareIndex, now: float) -> str:
         runs = index.projects[name]
         active = sum(1 for r in runs.values() if r.active)
         last = runs[max(runs)] if runs else None
+        link = f'<a href="{href(name)}/results/index.html">{e(name)}</a>' if runs else e(name)
         rows.append(
-            f'<tr><td><a href="{href(name)}/results/index.html">{e(name)}</a></td>'
+            f"<tr><td>{link}</td>"
             f'<td class="n">{len(runs)}</td><td class="n">{active}</td>'
             f"<td>{state_badge(last.state) + f' run_{last.run}' if last else ''}</td></tr>"
         )

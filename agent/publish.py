@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent import billing
+from agent import billing, share
 from agent.context import RunContext
 from agent.fsutil import atomic_write, read_plain
 from agent.index import RunSummary, ShareIndex
@@ -28,6 +28,7 @@ from agent.pages import PAGE_NAME, ROOT_PAGE, project_page, root_page, run_page
 
 MIN_INTERVAL = 2.0  # s between two rounds of page writing
 LOOK_EVERY = 5.0  # s between two looks at the logs of running runs
+RESCAN_EVERY = 30.0  # s between two looks for new projects and changed rejected requests
 MAX_PAGE_READ = 64 << 20
 BACKFILL_PER_ROUND = 25  # pages of older runs that have none, written per round
 
@@ -77,6 +78,7 @@ class Publisher:
         """Read the share, then follow changes until :meth:`stop`."""
         self.guarded("read the share", self.load)
         next_round = next_look = time.monotonic()
+        next_rescan = next_look + RESCAN_EVERY
         while True:
             pending = self.pending()
             wake = min(next_look, next_round) if pending else next_look
@@ -89,6 +91,9 @@ class Publisher:
             if now >= next_look or stopping:
                 self.guarded("look at the logs", self.look_at_logs)
                 next_look = now + LOOK_EVERY
+            if now >= next_rescan:
+                self.guarded("look at the projects", self.rescan)
+                next_rescan = now + RESCAN_EVERY
             if self.pending() and (stopping or now >= next_round):
                 self.guarded("write the pages", self.write_pages)
                 next_round = now + MIN_INTERVAL
@@ -153,6 +158,22 @@ class Publisher:
                 self.write_bills([billing.bill_line(now, self.ctx.config.hosts)])
         for listener in self.on_run:
             self.guarded(f"tell of {path}", listener, before, now)
+
+    def rescan(self) -> None:
+        """Follow what no run change tells: projects made or removed, rejected requests that
+        their owners removed (one folder listing per project)."""
+        present = {p.name: p for p in share.project_dirs(self.root)}
+        for name in set(self.index.projects) - set(present):
+            del self.index.projects[name]
+            self.index.rejections.pop(name, None)
+            self.dirty_root = True
+        for name, project in present.items():
+            if name not in self.index.projects:
+                self.index.projects[name] = {}
+                self.dirty_root = True
+            if self.index.update_rejections(project):
+                self.dirty_root = True
+                self.dirty_projects.add(name)
 
     def write_bills(self, ended: list[billing.BillLine | None] | None) -> None:
         """Rewrite the billing files of the months of ``ended`` (None: of every month).

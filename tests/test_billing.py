@@ -186,6 +186,10 @@ def test_report_period_and_table(tmp_path):
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 1 and "--from/--to" in bad.stderr and "2026-03" in bad.stderr
+    broken = share / "nlp" / "results" / "run_999"
+    broken.mkdir()
+    (broken / "run.info").write_text("format = 1\nstate = ")
+    assert "left out, unreadable" in report(config, "--csv").stderr
 
 
 def test_month_files_have_one_row_per_finished_run(tmp_path):

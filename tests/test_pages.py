@@ -154,3 +154,26 @@ def test_a_state_change_rewrites_only_the_pages_it_touches(share):
         share.joinpath("vision/results/index.html").relative_to(share),
         share.joinpath("droprun.html").relative_to(share),
     }
+
+
+def test_new_projects_and_removed_rejections_are_followed(tmp_path):
+    import logging
+
+    from agent.context import RunContext
+    from agent.publish import Publisher
+    from agent.settings import load_agent_config
+
+    config = load_agent_config(write_config(tmp_path))
+    publisher = Publisher(RunContext(config=config, hosts={}, log=logging.getLogger("t")))
+    publisher.load()
+    publisher.write_pages()
+    project = make_project(config.share, "later", {"run.sh": ""})
+    (project / "x.request.error").write_text("droprun could not accept it: no such key")
+    publisher.rescan()
+    publisher.write_pages()
+    page = (config.share / "droprun.html").read_text()
+    assert "<td>later</td>" in page and "no such key" in page  # no runs, no page yet
+    (project / "x.request.error").unlink()
+    publisher.rescan()
+    publisher.write_pages()
+    assert "no such key" not in (config.share / "droprun.html").read_text()
