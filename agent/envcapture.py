@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from agent.runner import RunDriver
 
 ABSENT = "absent"
+SAME = "@@same@@"  # a package list left out by the helper: unchanged since the last call
 _MARK = re.compile(rb"^@@droprun-env ([a-z-]+)@@$", re.MULTILINE)
 _VENV = re.compile(r"\s*(?:source|\.)\s+(\S+)/bin/activate\s*")
 # Section -> file in env/.
@@ -74,9 +75,30 @@ def parse_sections(out: bytes) -> dict[str, str | None]:
     marks = list(_MARK.finditer(out))
     for mark, following in zip(marks, [*marks[1:], None], strict=True):
         end = following.start() if following is not None else len(out)
-        body = out[mark.end() : end].strip(b"\n").decode("utf-8", "replace")
-        sections[mark.group(1).decode()] = None if body.startswith("@@absent@@") else body + "\n"
+        body = out[mark.end() : end].strip(b"\n")
+        name = mark.group(1).decode()
+        if body.startswith(b"@@absent@@"):
+            sections[name] = None
+        elif body == SAME.encode():
+            sections[name] = SAME
+        else:
+            sections[name] = body.decode("utf-8", "replace") + "\n"
     return sections
+
+
+def reuse_lists(
+    sections: dict[str, str | None], known: Mapping[str, str | None]
+) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """Return ``sections`` with each package list that the helper left out as unchanged
+    ("@@same@@") taken from ``known``, and what to keep for the next call (pure)."""
+    kept: dict[str, str | None] = {}
+    for name in ("pip", "conda"):
+        if sections.get(name) == SAME:
+            sections[name] = known.get(name)
+        key = (sections.get(f"{name}-key") or "").strip()
+        if key and sections.get(name) is not None:
+            kept[f"{name}-key"], kept[name] = key, sections[name]
+    return sections, kept
 
 
 def _first(pattern: str, text: str | None) -> str | None:
@@ -217,13 +239,12 @@ def capture(d: RunDriver, devices: str | None) -> None:
     """Capture the run's environment into env/ and run.info; never fails the run."""
     s = d.settings
     try:
-        out = d.host.environment(s.conda_env, find_venv(s.setup), devices)
+        sections = d.host.environment(s.conda_env, find_venv(s.setup), devices)
     except HostError as exc:
         d.ctx.log.warning("%s: cannot capture the environment: %s", d.ref.label, exc)
         d.info.environment = {"note": f"could not be captured: {exc}"}
         d.save()
         return
-    sections = parse_sections(out)
     git = _git_of(d)
     files = {FILES[k]: v for k, v in sections.items() if v is not None and k in FILES}
     files[FILES["git"]] = git.text

@@ -7,6 +7,7 @@ PATH (sshd's ``SetEnv``), over one without them, and git on the agent's side.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,45 @@ def test_git_runs_nothing_of_the_repository_and_a_rerun_keeps_its_commit(
     assert rerun is not None
     assert (rerun["git_commit"], rerun["git_dirty"]) == (commit, True)
     assert not marker.exists()
+
+
+def test_package_lists_are_taken_again_only_when_the_packages_change(tmp_path: Path) -> None:
+    """Three runs in one agent: pip freeze runs for the first, and again only after the
+    first run's script installed a package."""
+    venv, log = tmp_path / "venv", tmp_path / "python.log"
+    site = venv / "lib" / "site"
+    site.mkdir(parents=True)
+    python3 = require_tool("python3")
+    executable(
+        venv / "bin" / "python",
+        f'#!/bin/sh\necho "$*" >> {log}\nPYTHONPATH={site} exec {python3} "$@"\n',
+    )
+    (venv / "bin" / "activate").write_text(f"VIRTUAL_ENV={venv}; export VIRTUAL_ENV\n")
+    install = (
+        "#!/bin/sh\n"
+        f'[ -z "$INSTALL" ] && exit 0\n'
+        f'until grep -q "pip freeze" {log} 2>/dev/null; do sleep 0.1; done\n'
+        f"mkdir {site}/newpkg-1.0.dist-info\n"
+        f'printf "Metadata-Version: 2.1\\nName: newpkg\\nVersion: 1.0\\n" '
+        f"> {site}/newpkg-1.0.dist-info/METADATA\n"
+    )
+    config = write_config(tmp_path)
+    project = make_project(
+        tmp_path / "share",
+        "proj",
+        {"run.sh": install},
+        f'setup = ["source {venv}/bin/activate"]\n',
+    )
+    for i, text in enumerate(['env = { INSTALL = "1" }\n', "", ""]):
+        drop(project, text, f"r{i}.request")
+        os.utime(project / f"r{i}.request", ns=(i, i))
+    run_once(config)
+    assert [info(project, n).state for n in range(3)] == [runinfo.SUCCEEDED] * 3
+    freezes = [line for line in log.read_text().splitlines() if line == "-m pip freeze"]
+    assert len(freezes) == 2  # run 0, and run 1 after the install; run 2 reuses run 1's
+    lists = [
+        (project / "results" / f"run_{n}" / "env" / "pip-freeze.txt").read_text() for n in range(3)
+    ]
+    assert "newpkg==1.0" in lists[1] and lists[2] == lists[1]
+    sums = {info(project, n).environment["packages_sha256"] for n in (1, 2)}  # type: ignore[index]
+    assert len(sums) == 1

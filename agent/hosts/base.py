@@ -159,9 +159,12 @@ class Host(Protocol):
         """
         ...
 
-    def environment(self, conda_env: str | None, venv: str | None, devices: str | None) -> bytes:
-        """Return the host's ``envinfo`` sections (see :mod:`agent.envcapture`): python and
-        packages in ``conda_env`` or ``venv``, GPUs ``devices`` (all if None), OS, host."""
+    def environment(
+        self, conda_env: str | None, venv: str | None, devices: str | None
+    ) -> dict[str, str | None]:
+        """Return the host's environment by section (see :mod:`agent.envcapture`; None:
+        absent): python and packages in ``conda_env`` or ``venv``, GPUs ``devices`` (all
+        if None), OS, host name."""
         ...
 
     def run_starting(self) -> None:

@@ -177,9 +177,12 @@ ei_home() {  # ei_home PATH: a leading ~/ or $HOME/ made the home folder
     esac
 }
 
-do_envinfo() {  # envinfo CONDA_ENV VENV GPUS CONDA_SH...: the run's environment, in sections
-    ei_conda=$1 ei_venv=$2 ei_gpus=$3
-    shift 3
+do_envinfo() {  # envinfo CONDA_ENV VENV GPUS PIP_KEY CONDA_KEY CONDA_SH...: the run's
+    # environment, in sections. pip freeze and conda list take seconds: they print
+    # "@@same@@" instead while their key (the state of the package folders) equals the one
+    # given, which the caller got from an earlier call.
+    ei_conda=$1 ei_venv=$2 ei_gpus=$3 ei_known_pip=$4 ei_known_conda=$5
+    shift 5
     if [ -n "$ei_conda" ]; then  # activated as the launcher does it, never failing here
         ei_found=
         for ei_f in "$@"; do
@@ -192,11 +195,22 @@ do_envinfo() {  # envinfo CONDA_ENV VENV GPUS CONDA_SH...: the run's environment
         if [ -z "$ei_found" ] && command -v conda >/dev/null 2>&1; then
             eval "$(conda shell.posix hook 2>/dev/null)" >/dev/null 2>&1 && ei_found=PATH
         fi
-        ei_section conda
+        ei_key=
+        ei_on=
         if [ -n "$ei_found" ] && conda activate "$ei_conda" >/dev/null 2>&1; then
-            ei_run conda list --explicit
-        else
+            ei_on=1
+            ei_state=$(ls -l -- "${CONDA_PREFIX:-/nonexistent}/conda-meta" 2>/dev/null) &&
+                [ -n "$ei_state" ] && ei_key=$(printf '%s\n' "$ei_state" | cksum)
+        fi
+        ei_section conda-key
+        echo "$ei_key"
+        ei_section conda
+        if [ -z "$ei_on" ]; then
             echo @@absent@@
+        elif [ -n "$ei_key" ] && [ "$ei_key" = "$ei_known_conda" ]; then
+            echo @@same@@
+        else
+            ei_run conda list --explicit
         fi
     fi
     ei_py=
@@ -214,8 +228,23 @@ do_envinfo() {  # envinfo CONDA_ENV VENV GPUS CONDA_SH...: the run's environment
     fi
     ei_section python
     if [ -n "$ei_py" ]; then ei_run "$ei_py" --version; echo "$ei_py"; else echo @@absent@@; fi
+    ei_key=
+    if [ -n "$ei_py" ]; then
+        ei_state=$("$ei_py" -c 'import os, sys
+for p in sys.path:
+    if os.path.isdir(p): print(p, os.stat(p).st_mtime_ns)' 2>/dev/null) &&
+            [ -n "$ei_state" ] && ei_key=$(printf '%s\n' "$ei_state" | cksum)
+    fi
+    ei_section pip-key
+    echo "$ei_key"
     ei_section pip
-    if [ -n "$ei_py" ]; then ei_run "$ei_py" -m pip freeze; else echo @@absent@@; fi
+    if [ -z "$ei_py" ]; then
+        echo @@absent@@
+    elif [ -n "$ei_key" ] && [ "$ei_key" = "$ei_known_pip" ]; then
+        echo @@same@@
+    else
+        ei_run "$ei_py" -m pip freeze
+    fi
     ei_section nvidia-smi
     if command -v nvidia-smi >/dev/null 2>&1; then
         if [ -n "$ei_gpus" ]; then
@@ -257,7 +286,7 @@ case "$VERB" in
     kill) need_args 2 $#; do_kill "$1" "$2" ;;
     cleanup) need_args 1 $#; do_cleanup "$1" ;;
     gpus) do_gpus "${1:-}" ;;
-    envinfo) need_args 3 $#; do_envinfo "$@" ;;
+    envinfo) need_args 5 $#; do_envinfo "$@" ;;
     home) printf '%s\n' "$HOME" ;;
     power) need_args 1 $#; sh -c "$1" ;;
     *) die 2 "unknown verb: $VERB" ;;

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.config import HostConfig
+from agent.envcapture import parse_sections, reuse_lists
 from agent.hosts.base import HostError, LaunchSpec, MirrorResult, ProcStatus, RunRef
 from agent.hosts.mirror import (
     Listing,
@@ -92,6 +93,7 @@ class ShellHost:
         self._local_rsync = local_rsync or LocalRsync()
         self._versions_lock = threading.Lock()
         self._remote_rsync: str | None = None
+        self._env_lists: dict[tuple[str | None, str | None], dict[str, str | None]] = {}
 
     # -- paths -------------------------------------------------------------------------
 
@@ -226,14 +228,24 @@ class ShellHost:
             return None
         return [line.strip() for line in out.splitlines() if line.strip()]
 
-    def environment(self, conda_env: str | None, venv: str | None, devices: str | None) -> bytes:
-        """Return the ``envinfo`` helper's output: one call for all of it."""
+    def environment(
+        self, conda_env: str | None, venv: str | None, devices: str | None
+    ) -> dict[str, str | None]:
+        """Return the sections of the ``envinfo`` helper's output: one call for all of it.
+
+        The package lists of the last call for the same ``conda_env`` and ``venv`` are kept,
+        and the helper is asked to skip listing them again while they are unchanged.
+        """
         if self.config.conda_sh:
             places = [self.config.conda_sh]
         else:
             places = [f"{place}/etc/profile.d/conda.sh" for place in CONDA_SH_PLACES]
-        argv = (conda_env or "", venv or "", devices or "", *places)
-        return self._helper("envinfo", *argv, timeout=300.0).stdout
+        known = self._env_lists.get((conda_env, venv), {})
+        keys = (known.get("pip-key") or "", known.get("conda-key") or "")
+        argv = (conda_env or "", venv or "", devices or "", *keys, *places)
+        out = self._helper("envinfo", *argv, timeout=300.0).stdout
+        sections, self._env_lists[(conda_env, venv)] = reuse_lists(parse_sections(out), known)
+        return sections
 
     # -- rsync at both ends -----------------------------------------------------------------
 
