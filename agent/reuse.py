@@ -169,6 +169,8 @@ def seed_output(d: Driver) -> bool:
     ref = d.settings.resume_from
     if ref is None:
         return True
+    if d.host.status(d.ref).state != "not_started":
+        return True  # launched before a restart: seeded then, and the script owns it now
     try:
         source_dir, source = output_source(d.project_dir, ref)
     except SourceError as exc:

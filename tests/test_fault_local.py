@@ -194,7 +194,12 @@ def test_a_run_folder_deleted_in_flight_stops_its_process(tmp_path: Path) -> Non
         wait_for("both runs to start", lambda: _state(victim) == _state(other) == "running")
         wait_for("the pid file", lambda: pid_file.exists() and pid_file.read_text().strip())
         pid = int(pid_file.read_text())
-        shutil.rmtree(victim / "results" / "run_0")
+        folder = victim / "results" / "run_0"
+        # As a person would: again if the agent wrote a file into it meanwhile.
+        wait_for(
+            "the run folder to be deleted",
+            lambda: shutil.rmtree(folder, ignore_errors=True) or not folder.exists(),
+        )
         wait_for("the training to be stopped", lambda: not pid_alive(pid))
         go_other.touch()
     assert info(other).state == runinfo.SUCCEEDED
