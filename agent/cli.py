@@ -169,18 +169,44 @@ def _sweep_values(run_dir: Path) -> str:
     return " ".join(f"{key}={word(value)}" for key, value in values.items())
 
 
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print ``rows`` under ``header`` in aligned columns."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def cmd_status(opts: argparse.Namespace) -> int:
-    """Print a table of runs."""
+    """Print a table of runs, or with ``--orphans HOST`` the run dirs no run claims."""
     config = load_config(opts.config)
+    if opts.orphans:
+        return print_orphans(config, opts.orphans)
     header = ["PROJECT", "RUN", "STATE", "HOST", "START", "DURATION", "EXIT"]
     if opts.sweep is not None:
         header.append("VALUES")
     rows = status_rows(config, opts.project, opts.sweep)
     if opts.sweep is not None and not rows:
         raise UserError(f"no runs of sweep {opts.sweep!r}")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(header, rows)
+    return 0
+
+
+def print_orphans(config: AgentConfig, host_name: str) -> int:
+    """Print the run dirs on ``host_name`` that no active run claims, and how to remove them."""
+    from agent.hosts.base import HostError
+    from agent.orphans import find_orphans, orphan_rows, removal_hint
+
+    try:
+        orphans = find_orphans(config, host_name)
+    except HostError as exc:
+        raise UserError(f"cannot list the run dirs on {host_name}: {exc}") from exc
+    if not orphans:
+        print(f"{host_name}: no run dirs that the share does not claim")
+        return 0
+    print_table(["PATH", "AGE", "SIZE", "RUNNING"], orphan_rows(orphans, time.time()))
+    hint = removal_hint(config, host_name, orphans)
+    if hint:
+        print(f"\nNothing is removed automatically. To remove those that run nothing:\n  {hint}")
     return 0
 
 
@@ -299,6 +325,11 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "list runs")
     p.add_argument("project", nargs="?", metavar="PROJECT")
     p.add_argument("--sweep", metavar="ID", help="only the runs of this sweep (its sweep_id)")
+    p.add_argument(
+        "--orphans",
+        metavar="HOST",
+        help="list run dirs on HOST that no active run on the share claims (never removes)",
+    )
     p = command("report", cmd_report, "runs, hours, GPU-hours and amounts of finished runs")
     p.add_argument("--from", dest="start", metavar="DATE", help="first day (or month) counted")
     p.add_argument("--to", dest="end", metavar="DATE", help="last day (or month) counted")
