@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import tomllib
+import uuid
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ SUMMARY_KEYS = frozenset(
         "format",
         "project",
         "run",
+        "run_id",
         "state",
         "host",
         "start_epoch",
@@ -64,6 +66,11 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, ERROR})
 
 class RunInfoError(UserError):
     """A run.info that cannot be read: missing, corrupted, or of an unknown format."""
+
+
+def new_run_id() -> str:
+    """Return a fresh unique run id (32 hex digits)."""
+    return uuid.uuid4().hex
 
 
 def now_iso(epoch: float | None = None) -> str:
@@ -83,6 +90,7 @@ class RunInfo:
 
     project: str
     run: int
+    run_id: str | None = None
     state: str = ACCEPTED
     reason: str | None = None
     name: str | None = None
@@ -108,6 +116,7 @@ class RunInfo:
     archive_shared_with: str | None = None
     remote_dir: str | None = None
     remote_pid: int | None = None
+    moved_aside: str | None = None
     gpu_names: list[str] | None = None
     rsync_local: str | None = None
     rsync_remote: str | None = None

@@ -22,6 +22,9 @@ from agent.names import CANCEL_NAMES
 from agent.runinfo import RunInfo
 from agent.settings import RunSettings, settings_from_table
 
+# The launcher on the host ends a run at its limit; the agent steps in only this much
+# later (a launcher killed from outside, or a host clock far off).
+TIMEOUT_SLACK = 30.0
 RETRY_DELAY = 2.0
 RETRY_DELAY_MAX = 60.0
 
@@ -44,12 +47,15 @@ class RunDriver:
         self.slot = slot
         self.info_path = run_dir / "run.info"
         self.info = runinfo.load(self.info_path)
-        self.ref = RunRef(self.info.project, self.info.run)
+        self.written = _peek(self.info_path)  # to notice edits made by someone else
+        if not self.info.run_id:  # accepted by a version without run ids
+            self.info.run_id = runinfo.new_run_id()
+            self.save()
+        self.ref = RunRef(self.info.project, self.info.run, self.info.run_id)
         self.settings = settings_from_info(self.info)
         self.host = ctx.hosts[self.info.host or self.settings.host]
         self.host_config = ctx.config.hosts[self.host.name]
         self.project_dir = run_dir.parent.parent
-        self.written = _peek(self.info_path)  # to notice edits made by someone else
         self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
         self.reason_before_full: str | None = None
 
@@ -89,9 +95,15 @@ class RunDriver:
         if self.ctx.stop.is_set():
             raise Stopped
 
-    def end(self, state: str, reason: str | None = None, exit_code: int | None = None) -> None:
-        """Record the end time and move to the terminal ``state``."""
-        now = int(self.ctx.clock())
+    def end(
+        self,
+        state: str,
+        reason: str | None = None,
+        exit_code: int | None = None,
+        at: int | None = None,
+    ) -> None:
+        """Record the end time (``at``, default now) and move to the terminal ``state``."""
+        now = int(self.ctx.clock()) if at is None else at
         self.info.end_epoch = now
         self.info.end_time = runinfo.date_string(now)
         if self.info.start_epoch is not None:
@@ -168,9 +180,18 @@ class RunDriver:
         self.info.remote_dir = self.host.remote_dir(self.ref)
         versions = self.retry(self.host.rsync_versions, "rsync version check")
         self.info.rsync_local, self.info.rsync_remote = versions.local, versions.remote
-        self.info.bytes_uploaded = self.retry(
+        uploaded = self.retry(
             lambda: self.host.upload(self.ref, bin_dir, self.settings.exclude), "upload"
         )
+        self.info.bytes_uploaded = uploaded.bytes_sent
+        if uploaded.moved_aside:
+            self.info.moved_aside = uploaded.moved_aside
+            self.ctx.log.warning(
+                "%s: %s held another run's dir; moved it aside to %s (kept, not adopted)",
+                self.ref.label,
+                self.info.remote_dir,
+                uploaded.moved_aside,
+            )
         reuse.drop_staged_code(self)
         self.save()
         if self.cancel_requested():
@@ -180,9 +201,9 @@ class RunDriver:
         if not reuse.seed_output(self):  # resume_from: output_dir filled before the start
             return
         spec = self.launch_spec()
-        pid = self.retry(lambda: self.host.launch(self.ref, spec), "launch")
-        now = int(self.ctx.clock())
-        self.info.remote_pid = pid
+        launched = self.retry(lambda: self.host.launch(self.ref, spec), "launch")
+        now = launched.start_epoch or int(self.ctx.clock())
+        self.info.remote_pid = launched.pid
         self.info.gpu_names = self.read_gpu_names(spec.cuda_visible_devices)
         self.info.start_epoch = now
         self.info.start_time = runinfo.date_string(now)
@@ -257,6 +278,9 @@ class RunDriver:
             conda_env=s.conda_env,
             output_dir=s.output_dir,
             cuda_visible_devices=gpus[self.slot % len(gpus)] if gpus else None,
+            run_id=self.ref.run_id,
+            timeout=s.timeout,
+            kill_grace=self.ctx.config.kill_grace,
         )
 
     def retry(self, step: Callable[[], Any], what: str, *, wait_for_space: bool = False) -> Any:
@@ -361,9 +385,9 @@ class RunDriver:
                     self.stop_process(runinfo.CANCELLED, "cancelled (a cancel file was dropped)")
                     break
                 assert self.info.start_epoch is not None
-                if self.ctx.clock() - self.info.start_epoch > self.settings.timeout:
-                    limit = self.info.effective.get("timeout", self.settings.timeout)
-                    self.stop_process(runinfo.TIMED_OUT, f"hit the time limit of {limit}")
+                limit = self.settings.timeout + self.ctx.config.kill_grace + TIMEOUT_SLACK
+                if self.ctx.clock() - self.info.start_epoch > limit:
+                    self.stop_process(runinfo.TIMED_OUT, self.time_limit_reason())
                     break
                 if self.ctx.clock() - last_mirror >= self.settings.backup_every:
                     self.mirror()
@@ -381,6 +405,10 @@ class RunDriver:
                     failing_since = self.ctx.clock()
             self.sleep(self.ctx.config.log_every)
         self.move(runinfo.FINISHING)
+
+    def time_limit_reason(self) -> str:
+        """Return the reason a timed-out run gives, with the limit as the user wrote it."""
+        return f"hit the time limit of {self.info.effective.get('timeout', self.settings.timeout)}"
 
     def stop_process(self, outcome: str, reason: str) -> None:
         """Record why the process is being stopped, then stop its whole process group."""
@@ -408,11 +436,15 @@ class RunDriver:
             # Recorded before the clean-up removes the exit status: an agent killed after
             # the clean-up resumes here and must still know how the script ended.
             self.info.outcome, self.info.reason = outcome_of(status)
+            if status.timed_out:
+                self.info.outcome, self.info.reason = runinfo.TIMED_OUT, self.time_limit_reason()
         if status.exit_code is not None:
             self.info.exit_code = status.exit_code
+        if status.end_epoch is not None and self.info.end_epoch is None:
+            self.info.end_epoch = status.end_epoch  # the real end, also if the agent was away
         self.save()
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
-        self.end(self.info.outcome, self.info.reason, self.info.exit_code)
+        self.end(self.info.outcome, self.info.reason, self.info.exit_code, self.info.end_epoch)
 
 
 def _peek(path: Path, limit: int = 1 << 20) -> bytes | None:

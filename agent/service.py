@@ -379,7 +379,9 @@ def terminate_children(log: logging.Logger) -> list[int]:
 def make_context(config: AgentConfig, log: logging.Logger) -> RunContext:
     """Open every configured host (lazily connecting) and return the agent's context."""
     local_rsync = LocalRsync()
+    space = share.share_id(config.share)
     hosts = {
-        name: open_host(hc, config.state_dir, local_rsync) for name, hc in config.hosts.items()
+        name: open_host(hc, config.state_dir, space, local_rsync)
+        for name, hc in config.hosts.items()
     }
     return RunContext(config=config, hosts=hosts, log=log)

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import secrets
+import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -39,6 +40,23 @@ RICH_TEXT_PROBLEM = (
     'plain text (TextEdit: Format > Make Plain Text; Word: "Plain Text (.txt)") and name it '
     '"run.request" or "run.request.txt"'
 )
+
+
+def share_id(share: Path, machine_id_file: Path = Path("/etc/machine-id")) -> str:
+    """Return this share's name on hosts: its folder name and a hash of this machine's id
+    and the share's real path, e.g. ``deeplearning-3f2a9c1e0b7d``.
+
+    Two NAS agents that send runs to one server account (two shares, two machines with
+    the same share path) get different names, so they never share a cache or a run dir.
+    """
+    try:
+        machine = machine_id_file.read_text().strip()
+    except OSError:
+        machine = ""
+    machine = machine or socket.gethostname()
+    digest = hashlib.sha256(f"{machine}\0{share.resolve()}".encode()).hexdigest()[:12]
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", share.resolve().name).strip("._") or "share"
+    return f"{label[:40]}-{digest}"
 
 
 def project_dirs(share: Path) -> list[Path]:
@@ -272,6 +290,7 @@ def _first_info(project: Path, number: int, plan: Plan, st: os.stat_result, data
     info = RunInfo(
         project=project.name,
         run=number,
+        run_id=runinfo.new_run_id(),
         name=effective.name,
         notes=effective.notes,
         client=effective.settings.client,

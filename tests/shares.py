@@ -15,6 +15,7 @@ from typing import Any
 
 from agent import runinfo
 from agent.settings import load_agent_config
+from agent.share import share_id
 
 # Prints its args and three epochs, writes a checkpoint each, exits with $EXIT_CODE.
 TRAIN = """#!/bin/sh
@@ -48,6 +49,11 @@ echo $$ > output/main.pid
 echo started
 wait
 """
+
+
+def on_host(remote_root: Path | str, share: Path) -> Path:
+    """Return the share's part of a host's ``remote_root``, where its projects go."""
+    return Path(remote_root) / share_id(share)
 
 
 def write_config(
@@ -125,6 +131,18 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def run_processes(run_id: str) -> list[int]:
+    """Return the pids of live processes that carry the run's tag (read as root)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"DROPRUN_RUN_ID={run_id}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return [pid for pid in found if pid_alive(pid)]
+
+
 def write_ssh_config(
     root: Path,
     server: Any,
@@ -168,7 +186,13 @@ REPO = Path(__file__).resolve().parent.parent
 class AgentProcess:
     """``python -m agent agent --config F`` as a real process; its stderr goes to ``log``."""
 
-    def __init__(self, config: Path, log: Path, wrapper: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        wrapper: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -177,6 +201,7 @@ class AgentProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
+                env=env,
             )
 
     @property

@@ -17,7 +17,7 @@ from agent import runinfo
 from agent.service import make_context, serve
 from agent.settings import load_agent_config
 
-from shares import drop, info, make_project, pid_alive, write_config
+from shares import drop, info, make_project, on_host, pid_alive, write_config
 from testbed import tmpfs
 
 QUICK = """#!/bin/sh
@@ -204,7 +204,9 @@ def test_a_run_folder_deleted_in_flight_stops_its_process(tmp_path: Path) -> Non
         go_other.touch()
     assert info(other).state == runinfo.SUCCEEDED
     assert not (victim / "results" / "run_0").exists()  # not brought back
-    assert not (tmp_path / "server" / "victim" / "run_0").exists()  # cleaned up on the host
+    assert not (
+        on_host(tmp_path / "server", tmp_path / "share") / "victim" / "run_0"
+    ).exists()  # cleaned up on the host
     assert any("victim/run_0" in line and "was deleted" in line for line in records.lines)
 
 

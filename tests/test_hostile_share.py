@@ -21,6 +21,7 @@ from shares import (
     drop,
     info,
     make_project,
+    on_host,
     run_once,
     write_config,
     write_ssh_config,
@@ -52,7 +53,7 @@ def test_a_link_in_bin_is_uploaded_and_archived_as_a_link(tmp_path: Path) -> Non
     run_once(config)
 
     assert info(project).state == runinfo.SUCCEEDED
-    cache = tmp_path / "server" / "proj" / "cache"
+    cache = on_host(tmp_path / "server", tmp_path / "share") / "proj" / "cache"
     assert os.readlink(cache / "secret.txt") == str(outside / "secret.txt")
     assert os.readlink(cache / "dirlink") == "../../outside"
     with tarfile.open(project / "results" / "run_0" / "bin.tar.gz") as tar:
@@ -102,7 +103,7 @@ def test_a_project_folder_linked_out_of_the_share_is_never_read(tmp_path: Path) 
     assert info(good).state == runinfo.SUCCEEDED  # the agent carries on
     assert (outside / "run.request").exists()  # not taken, not renamed: not ours to touch
     assert sorted(p.name for p in outside.iterdir()) == ["bin", "run.request", "secret.txt"]
-    assert not (tmp_path / "server" / "linked").exists()
+    assert not (on_host(tmp_path / "server", tmp_path / "share") / "linked").exists()
 
 
 def test_a_bin_folder_swapped_for_a_link_after_acceptance_is_not_uploaded(
@@ -125,7 +126,7 @@ def test_a_bin_folder_swapped_for_a_link_after_acceptance_is_not_uploaded(
     result = info(project)
     assert result.state == runinfo.ERROR
     assert "outside the share" in (result.reason or "")
-    cache = tmp_path / "server" / "proj" / "cache"
+    cache = on_host(tmp_path / "server", tmp_path / "share") / "proj" / "cache"
     assert not (cache / "secret.txt").exists()
     archive = project / "results" / "run_0" / "bin.tar.gz"
     if archive.exists():  # an archive made before the check must not hold the link's target
@@ -150,8 +151,10 @@ def test_project_folders_with_shell_syntax_in_their_names_run_as_named(
 ) -> None:
     config = write_config(tmp_path, slots=2)
     other = make_project(tmp_path / "share", "other", {"run.sh": TRAIN})
-    (tmp_path / "server" / "other" / "cache").mkdir(parents=True)
-    (tmp_path / "server" / "other" / "cache" / "keep.txt").write_text("other project's\n")
+    (on_host(tmp_path / "server", tmp_path / "share") / "other" / "cache").mkdir(parents=True)
+    (on_host(tmp_path / "server", tmp_path / "share") / "other" / "cache" / "keep.txt").write_text(
+        "other project's\n"
+    )
     projects = [make_project(tmp_path / "share", n, {"run.sh": TRAIN}) for n in NASTY_PROJECT_NAMES]
     for project in projects:
         drop(project, "")
@@ -166,9 +169,13 @@ def test_project_folders_with_shell_syntax_in_their_names_run_as_named(
             in (project / "results" / "run_0" / "log.log").read_text()
         )
         assert (project / "results" / "run_0" / "output" / "result.txt").exists()
-        assert (tmp_path / "server" / project.name / "cache" / "run.sh").exists()
+        assert (
+            on_host(tmp_path / "server", tmp_path / "share") / project.name / "cache" / "run.sh"
+        ).exists()
     # "*" did not reach the other project's cache, and nothing ran the names as commands.
-    assert (tmp_path / "server" / "other" / "cache" / "keep.txt").exists()
+    assert (
+        on_host(tmp_path / "server", tmp_path / "share") / "other" / "cache" / "keep.txt"
+    ).exists()
     assert not (other / "results").exists()
     assert not list(tmp_path.rglob("pwned*"))
 
@@ -214,7 +221,9 @@ def test_a_run_goes_where_the_agent_config_says_whatever_the_request_holds(
     result = info(project)
     assert result.state == runinfo.SUCCEEDED
     assert result.host == "local"
-    assert result.remote_dir == str(tmp_path / "server" / "proj" / "run_0")
+    assert result.remote_dir == str(
+        on_host(tmp_path / "server", tmp_path / "share") / "proj" / "run_0"
+    )
     assert (project / "results" / "run_0" / "output" / "env.txt").read_text() == (
         "/|root|attacker.example\n"
     )
@@ -316,7 +325,7 @@ def test_project_names_with_wildcards_stay_in_their_own_folder_on_an_ssh_server(
     drop(alpha, 'args = ["alpha"]\n')
     run_once(config)
     assert info(alpha).state == runinfo.SUCCEEDED
-    cache = Path(sshd_server.remote_root) / "alpha" / "cache"
+    cache = on_host(sshd_server.remote_root, share) / "alpha" / "cache"
     before = sorted(p.name for p in cache.iterdir())
     projects = [make_project(share, n, {"run.sh": writes}) for n in WILDCARD_PROJECT_NAMES]
     for project in projects:
@@ -327,7 +336,7 @@ def test_project_names_with_wildcards_stay_in_their_own_folder_on_an_ssh_server(
         out = project / "results" / "run_0" / "output"
         assert sorted(p.name for p in out.iterdir()) == ["who.txt"]
         assert (out / "who.txt").read_text() == f"{project.name}\n"
-        remote_cache = Path(sshd_server.remote_root) / project.name / "cache"
+        remote_cache = on_host(sshd_server.remote_root, share) / project.name / "cache"
         assert sorted(p.name for p in remote_cache.iterdir()) == ["run.sh"]
     assert sorted(p.name for p in cache.iterdir()) == before
     assert not (alpha / "results" / "run_1").exists()

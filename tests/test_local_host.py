@@ -19,6 +19,8 @@ from agent.hosts.base import LaunchSpec, ProcStatus, RunRef
 from agent.hosts.local import LocalTransport
 from agent.hosts.shell import ShellHost
 
+from testbed import busybox_userland
+
 PR_SET_CHILD_SUBREAPER = 36
 DEADLINE = 30.0
 
@@ -50,14 +52,18 @@ def _poll(what: str, check: Callable[[], bool], deadline: float = DEADLINE) -> N
         time.sleep(0.05)
 
 
-@pytest.fixture
-def tools() -> None:
+@pytest.fixture(params=["gnu", "busybox"])
+def tools(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with this machine's GNU tools, then again with BusyBox's only (a NAS)."""
+    if request.param == "busybox":
+        monkeypatch.setenv("PATH", str(busybox_userland(tmp_path / "busybox")))
     for tool in ("rsync", "setsid", "find", "python3"):
         assert shutil.which(tool), f"{tool} must be installed for this test"
+    return str(request.param)
 
 
 @pytest.fixture
-def host(tmp_path: Path, tools: None) -> Iterator[ShellHost]:
+def host(tmp_path: Path, tools: str) -> Iterator[ShellHost]:
     config = HostConfig(name="local", remote_root=str(tmp_path / "remote"))
     shell_host = ShellHost(config, LocalTransport(), quiet=1.0)
     yield shell_host
@@ -75,7 +81,7 @@ def _bin(tmp_path: Path, run_sh: str, extra: dict[str, str] | None = None) -> Pa
 
 
 def _start(host: ShellHost, tmp_path: Path, run_sh: str, spec: LaunchSpec | None = None) -> RunRef:
-    ref = RunRef("proj", 0)
+    ref = RunRef("proj", 0, "id0")
     host.upload(ref, _bin(tmp_path, run_sh), [])
     host.launch(ref, spec or LaunchSpec("run.sh"))
     return ref
@@ -95,7 +101,7 @@ def _wait_exit(host: ShellHost, ref: RunRef) -> ProcStatus:
 def test_open_host_and_layout(tmp_path: Path) -> None:
     local = open_host(HostConfig(name="local", remote_root="~/dr"), tmp_path)
     assert local.reachable()
-    assert local.remote_dir(RunRef("my proj", 4)) == os.path.expanduser("~/dr/my proj/run_4")
+    assert local.remote_dir(RunRef("my proj", 4, "id4")) == os.path.expanduser("~/dr/my proj/run_4")
     local.close()
 
 
@@ -104,12 +110,15 @@ def test_upload_is_a_delta_into_the_cache(host: ShellHost, tmp_path: Path) -> No
     for i in range(3):
         (bin_dir / f"weights{i}.bin").write_bytes(os.urandom(1_000_000))
     (bin_dir / "link").symlink_to("small.py")
-    first = host.upload(RunRef("proj", 0), bin_dir, ["*.pyc"])
+    first = host.upload(RunRef("proj", 0, "id0"), bin_dir, ["*.pyc"]).bytes_sent
     assert first > 3_000_000
     (bin_dir / "small.py").write_text("x = 2\n")
-    second = host.upload(RunRef("proj", 1), bin_dir, ["*.pyc"])
+    second = host.upload(RunRef("proj", 1, "id1"), bin_dir, ["*.pyc"]).bytes_sent
     assert second < first / 100
-    run0, run1 = Path(host.remote_dir(RunRef("proj", 0))), Path(host.remote_dir(RunRef("proj", 1)))
+    run0, run1 = (
+        Path(host.remote_dir(RunRef("proj", 0, "id0"))),
+        Path(host.remote_dir(RunRef("proj", 1, "id1"))),
+    )
     assert (run0 / "small.py").read_text() == "x = 1\n"
     assert (run1 / "small.py").read_text() == "x = 2\n"
     assert os.readlink(run1 / "link") == "small.py"
@@ -118,18 +127,24 @@ def test_upload_is_a_delta_into_the_cache(host: ShellHost, tmp_path: Path) -> No
     assert (cache / "weights0.bin").stat().st_ino == (run1 / "weights0.bin").stat().st_ino
     # Uploading again for an existing run dir leaves it alone.
     (bin_dir / "small.py").write_text("x = 3\n")
-    host.upload(RunRef("proj", 1), bin_dir, ["*.pyc"])
+    host.upload(RunRef("proj", 1, "id1"), bin_dir, ["*.pyc"])
     assert (run1 / "small.py").read_text() == "x = 2\n"
 
 
 @pytest.mark.parametrize("code", [0, 3])
 def test_launch_and_exit_status(host: ShellHost, tmp_path: Path, code: int) -> None:
-    ref = RunRef("proj", 0)
+    ref = RunRef("proj", 0, "id0")
     host.upload(ref, _bin(tmp_path, '#!/bin/sh\necho "argv: $*"\nexit "$CODE"\n'), [])
     assert host.status(ref) == ProcStatus("not_started")
-    pid = host.launch(ref, LaunchSpec("run.sh", args=["a b"], env={"CODE": str(code)}))
+    pid = host.launch(ref, LaunchSpec("run.sh", args=["a b"], env={"CODE": str(code)})).pid
     status = _wait_exit(host, ref)
-    assert status == ProcStatus("exited", pid, code)
+    assert (status.state, status.pid, status.exit_code, status.timed_out) == (
+        "exited",
+        pid,
+        code,
+        False,
+    )
+    assert status.end_epoch is not None
     assert host.read_log(ref, 0) == b"argv: a b\n"
     _reap_group(pid)
 
@@ -138,11 +153,11 @@ def test_launch_twice_starts_once(host: ShellHost, tmp_path: Path) -> None:
     ref = _start(host, tmp_path, "#!/bin/sh\necho x >> launches\nsleep 1\n")
     run_dir = Path(host.remote_dir(ref))
     first = int((run_dir / ".droprun" / "pid").read_text())
-    assert host.launch(ref, LaunchSpec("run.sh")) == first
+    assert host.launch(ref, LaunchSpec("run.sh")).pid == first
     assert host.status(ref).state == "running"
     _wait_exit(host, ref)
-    assert host.launch(ref, LaunchSpec("run.sh")) == first
-    assert host.status(ref) == ProcStatus("exited", first, 0)
+    assert host.launch(ref, LaunchSpec("run.sh")).pid == first
+    assert host.status(ref).exit_code == 0
     assert (run_dir / "launches").read_text() == "x\n"
     _reap_group(first)
 
@@ -216,13 +231,13 @@ def _expected(name: str) -> bytes:
 
 
 def test_mirror_never_publishes_partial_files(host: ShellHost, tmp_path: Path) -> None:
-    ref = RunRef("proj", 0)
+    ref = RunRef("proj", 0, "id0")
     bin_dir = _bin(tmp_path, "#!/bin/sh\nexec python3 writer.py\n", {"writer.py": WRITER})
     host.upload(ref, bin_dir, [])
     dest = tmp_path / "share" / "proj" / "results" / "run_0" / "output"
     dest.parent.mkdir(parents=True)
     assert host.mirror(ref, "output", dest).files_published == 0  # nothing there yet
-    pid = host.launch(ref, LaunchSpec("run.sh"))
+    pid = host.launch(ref, LaunchSpec("run.sh")).pid
     mirrors = published = 0
     seen_pending = False
     while host.status(ref).state == "running":
@@ -235,7 +250,7 @@ def test_mirror_never_publishes_partial_files(host: ShellHost, tmp_path: Path) -
                 rel = path.relative_to(dest).as_posix()
                 assert path.read_bytes() == _expected(rel), f"partial {rel} published"
         time.sleep(0.05)
-    assert host.status(ref) == ProcStatus("exited", pid, 0)
+    assert host.status(ref).exit_code == 0
     final = host.mirror(ref, "output", dest)
     assert final.files_pending == 0
     assert mirrors > 3 and seen_pending
@@ -260,7 +275,7 @@ def test_cleanup_removes_run_dir_keeps_cache(host: ShellHost, tmp_path: Path) ->
     _reap_group(pid)
 
 
-def test_power_commands(tmp_path: Path, tools: None) -> None:
+def test_power_commands(tmp_path: Path, tools: str) -> None:
     marks = tmp_path / "marks"
     config = HostConfig(
         name="local",

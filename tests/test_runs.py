@@ -6,7 +6,17 @@ import tarfile
 
 from agent import runinfo
 
-from shares import LINGER, TRAIN, drop, info, make_project, pid_alive, run_once, write_config
+from shares import (
+    LINGER,
+    TRAIN,
+    drop,
+    info,
+    make_project,
+    on_host,
+    pid_alive,
+    run_once,
+    write_config,
+)
 
 
 def test_a_run_succeeds_and_files_everything(tmp_path):
@@ -53,7 +63,7 @@ def test_a_run_succeeds_and_files_everything(tmp_path):
     assert result.effective["sources"]["args"] == "request"
     assert result.effective["sources"]["backup_every"] == "built-in"
     # the run dir on the server is gone, the cache stays
-    server = tmp_path / "server" / "proj"
+    server = on_host(tmp_path / "server", tmp_path / "share") / "proj"
     assert (server / "cache" / "run.sh").exists()
     assert not (server / "run_0").exists()
 

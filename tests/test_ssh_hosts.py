@@ -308,6 +308,6 @@ def test_no_nvidia_smi_means_no_gpu_names(root: Path, sshd_server: SshServer) ->
     try:
         assert host.gpu_names() is None
         assert host.gpu_names("0") is None
-        assert host.remote_dir(RunRef("p", 1)).endswith("/p/run_1")
+        assert host.remote_dir(RunRef("p", 1, "id1")).endswith("/p/run_1")
     finally:
         host.close()

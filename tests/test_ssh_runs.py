@@ -10,7 +10,17 @@ import pytest
 
 from agent import runinfo
 
-from shares import LINGER, TRAIN, drop, info, make_project, run_once, wait_for, write_ssh_config
+from shares import (
+    LINGER,
+    TRAIN,
+    drop,
+    info,
+    make_project,
+    on_host,
+    run_once,
+    wait_for,
+    write_ssh_config,
+)
 from testbed import SshServer
 
 DEADLINE = 60.0
@@ -68,7 +78,7 @@ def test_a_run_succeeds_end_to_end(root: Path, sshd_server: SshServer) -> None:
         "ckpt-2.txt",
         "ckpt-3.txt",
     ]
-    remote = Path(sshd_server.remote_root) / "proj"
+    remote = on_host(sshd_server.remote_root, root / "share") / "proj"
     assert result.remote_dir == str(remote / "run_0")
     assert result.remote_pid and result.remote_pid > 0
     assert result.bytes_uploaded and result.bytes_uploaded > 0
@@ -120,7 +130,7 @@ def test_fail_time_out_and_cancel_leave_no_process_on_the_server(
     project = make_project(root / "share", "proj", {"run.sh": script})
     drop(project, request)
     run_dir = project / "results" / "run_0"
-    remote_dir = str(Path(sshd_server.remote_root) / "proj" / "run_0")
+    remote_dir = str(on_host(sshd_server.remote_root, root / "share") / "proj" / "run_0")
 
     def cancel_when_started() -> None:
         wait_for("the run to start", lambda: "started" in _text(run_dir / "log.log"))
@@ -208,7 +218,7 @@ def test_a_dropped_connection_mid_run_is_survived(root: Path, sshd_server: SshSe
     script += "echo done > output/result.txt\necho finished\n"
     project = make_project(root / "share", "proj", {"run.sh": script})
     run_dir = project / "results" / "run_0"
-    remote_dir = Path(sshd_server.remote_root) / "proj" / "run_0"
+    remote_dir = on_host(sshd_server.remote_root, root / "share") / "proj" / "run_0"
     dropped: list[int] = []
 
     def cut_then_release() -> None:

@@ -46,6 +46,26 @@ def require_tool(name: str) -> str:
     pytest.fail(f"{name} is not installed; install it with: {INSTALL_HINT}", pytrace=False)
 
 
+def busybox_userland(folder: Path) -> Path:
+    """Fill ``folder`` with a NAS-like userland and return it, for use as the only PATH:
+    a link per BusyBox applet, bash as ``sh`` and ``bash``, and the real rsync and python3."""
+    busybox = require_tool("busybox")
+    applets = run_checked([busybox, "--list"]).split()
+    assert "nohup" not in applets, "this BusyBox has nohup; the test means one without"
+    folder.mkdir(parents=True, exist_ok=True)
+    for applet in applets:
+        (folder / applet).symlink_to(busybox)
+    for name, target in (
+        ("sh", "bash"),
+        ("bash", "bash"),
+        ("rsync", "rsync"),
+        ("python3", "python3"),
+    ):
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(require_tool(target))
+    return folder
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -12,8 +12,14 @@ if TYPE_CHECKING:
     from agent.sync import LocalRsync
 
 
-def open_host(config: HostConfig, state_dir: Path, local_rsync: LocalRsync | None = None) -> Host:
-    """Return the Host for ``config``; ``state_dir`` holds per-host state (ssh sockets).
+def open_host(
+    config: HostConfig,
+    state_dir: Path,
+    share_id: str = "",
+    local_rsync: LocalRsync | None = None,
+) -> Host:
+    """Return the Host for ``config``; ``state_dir`` holds per-host state (ssh sockets),
+    ``share_id`` names this share's part of the host's ``remote_root``.
 
     ``local_rsync`` is the agent's rsync, shared by all hosts (a new one if None).
     Raises ValueError for a kind of host this version does not know.
@@ -25,9 +31,10 @@ def open_host(config: HostConfig, state_dir: Path, local_rsync: LocalRsync | Non
     if config.kind == "local":
         from agent.hosts.local import LocalTransport
 
-        return ShellHost(config, LocalTransport(), local_rsync=local_rsync)
+        return ShellHost(config, LocalTransport(), share_id=share_id, local_rsync=local_rsync)
     if config.kind == "ssh":
         from agent.hosts.ssh import SshTransport
 
-        return ShellHost(config, SshTransport(config, state_dir), local_rsync=local_rsync)
+        transport = SshTransport(config, state_dir)
+        return ShellHost(config, transport, share_id=share_id, local_rsync=local_rsync)
     raise ValueError(f"host {config.name}: unknown kind {config.kind!r}")

@@ -32,10 +32,15 @@ class HostKeyError(HostError):
 
 @dataclass(frozen=True)
 class RunRef:
-    """Names one run: the project folder name and the run number."""
+    """Names one run: the project folder name, the run number, and the run's unique id.
+
+    The id (``run_id`` in run.info) is written into the run dir on the host; a dir of the
+    same name with another id belongs to another run and is never adopted.
+    """
 
     project: str
     run: int
+    run_id: str
 
     @property
     def label(self) -> str:
@@ -54,6 +59,17 @@ class LaunchSpec:
     conda_env: str | None = None
     output_dir: str = "output"
     cuda_visible_devices: str | None = None
+    run_id: str = ""
+    timeout: int = 0  # seconds; 0: no limit on the host
+    kill_grace: float = 10.0  # seconds between TERM and KILL
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A started run: the launcher's pid, and when it started by the host's clock."""
+
+    pid: int
+    start_epoch: int | None = None
 
 
 ProcState = Literal["not_started", "running", "exited", "vanished"]
@@ -63,14 +79,37 @@ ProcState = Literal["not_started", "running", "exited", "vanished"]
 class ProcStatus:
     """The training process as the host sees it.
 
-    ``not_started``: no launch marker; ``running``: the launcher's process group is alive;
+    ``not_started``: no launch marker; ``running``: a process of the run is alive;
     ``exited``: the launcher recorded an exit status; ``vanished``: launched, not alive,
-    and no exit status (killed from outside, or the server rebooted).
+    and no exit status (killed from outside, or the server rebooted). ``timed_out``: the
+    launcher ended the script at its time limit; ``end_epoch``: when the script ended, by
+    the host's clock.
     """
 
     state: ProcState
     pid: int | None = None
     exit_code: int | None = None
+    timed_out: bool = False
+    end_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What an upload did: bytes of code sent, and where a stranger's run dir was moved."""
+
+    bytes_sent: int
+    moved_aside: str | None = None
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A run dir on a host, as ``status --orphans`` lists it."""
+
+    path: str
+    run_id: str | None
+    start_epoch: int | None
+    kbytes: int
+    alive: bool
 
 
 @dataclass(frozen=True)
@@ -108,15 +147,16 @@ class Host(Protocol):
         """Return the rsync versions of the agent and of the host (for run.info)."""
         ...
 
-    def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> int:
+    def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> Uploaded:
         """Sync ``bin_dir`` into the project's persistent cache, then make the run dir from it.
 
-        Returns the bytes that crossed the network for the code.
+        A dir of the run's name that belongs to another run is moved aside, never adopted.
+        Returns the bytes that crossed the network for the code, and any such move.
         """
         ...
 
-    def launch(self, ref: RunRef, spec: LaunchSpec) -> int:
-        """Start the script detached and return its pid. Idempotent: never starts twice."""
+    def launch(self, ref: RunRef, spec: LaunchSpec) -> Launched:
+        """Start the script detached. Idempotent: never starts twice."""
         ...
 
     def status(self, ref: RunRef) -> ProcStatus:
@@ -145,7 +185,7 @@ class Host(Protocol):
         ...
 
     def kill(self, ref: RunRef, grace: float) -> None:
-        """TERM the run's whole process group, KILL it after ``grace`` seconds."""
+        """TERM every process of the run, KILL what is left after ``grace`` seconds."""
         ...
 
     def cleanup(self, ref: RunRef) -> None:
@@ -165,6 +205,10 @@ class Host(Protocol):
         """Return the host's environment by section (see :mod:`agent.envcapture`; None:
         absent): python and packages in ``conda_env`` or ``venv``, GPUs ``devices`` (all
         if None), OS, host name."""
+        ...
+
+    def orphans(self) -> list[Orphan]:
+        """Return every run dir this agent has on the host (the caller picks the unclaimed)."""
         ...
 
     def run_starting(self) -> None:

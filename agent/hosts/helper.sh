@@ -2,7 +2,12 @@
 #   sh -c "$HELPER" droprun-helper VERB ARGS...
 # so nothing is installed on a server and versions never skew. Every argument is a
 # separate word; nothing here evaluates an argument as shell code except `power`, whose
-# command comes from the agent's own config. POSIX sh plus coreutils/findutils.
+# command comes from the agent's own config. POSIX sh and the utilities that both GNU and
+# BusyBox userlands have (so the built-in local host also runs on a NAS's own firmware).
+# procs.sh (run_pids, run_alive, sweep) is pasted in front of this text.
+#
+# A run dir belongs to exactly one run: its .droprun/run_id holds the run's id, and every
+# verb that acts on a run dir checks it, so a leftover of another run is never adopted.
 
 die() {  # die STATUS MESSAGE
     printf 'droprun-helper: %s\n' "$2" >&2
@@ -13,38 +18,41 @@ need_args() {  # need_args COUNT GIVEN
     [ "$2" -ge "$1" ] || die 2 "$VERB needs $1 argument(s)"
 }
 
-group_alive() {  # group_alive PGID: true if a process other than a zombie is in the group
-    ga_pgid=$1
-    kill -0 -"$ga_pgid" 2>/dev/null || return 1
-    [ -r /proc/self/stat ] || return 0
-    # A group of only zombies is dead (PID 1 of a container may never reap them).
-    for ga_f in /proc/[0-9]*/stat; do
-        read -r ga_line <"$ga_f" 2>/dev/null || continue
-        # shellcheck disable=SC2086 # split "state ppid pgrp ..." after the command name
-        set -- ${ga_line##*) }
-        if [ "$3" = "$ga_pgid" ] && [ "$1" != Z ] && [ "$1" != X ]; then
-            return 0
-        fi
-    done
-    return 1
-}
-
 read_pid() {  # read_pid RUNDIR: print the launcher's pid, or nothing
     [ -f "$1/.droprun/pid" ] && cat -- "$1/.droprun/pid"
     return 0
 }
 
-pause() {
-    sleep 0.2 2>/dev/null || sleep 1
+owned() {  # owned RUNDIR ID: true if RUNDIR is the run dir of run ID
+    [ -f "$1/.droprun/run_id" ] && [ "$(cat -- "$1/.droprun/run_id")" = "$2" ]
 }
 
-do_prepare() {  # prepare CACHE RUNDIR: make the run dir from the cache (hard links)
-    cache=$1 run=$2
+require_owned() {  # require_owned RUNDIR ID: fail unless RUNDIR is missing or run ID's
+    [ ! -d "$1" ] || owned "$1" "$2" ||
+        die 5 "$1 belongs to another run (its id is not $2); leaving it alone"
+}
+
+need() {  # need TOOL...: fail naming the first tool this host lacks
+    for nd_tool in "$@"; do
+        command -v "$nd_tool" >/dev/null 2>&1 ||
+            die 6 "$nd_tool is not installed on this host (droprun needs: $*)"
+    done
+}
+
+do_prepare() {  # prepare CACHE RUNDIR ID: make run ID's dir from the cache (hard links)
+    cache=$1 run=$2 id=$3
     [ -d "$cache" ] || die 3 "cache $cache does not exist"
+    aside=
     if [ -d "$run" ]; then
-        mkdir -p -- "$run/.droprun" || die 3 "cannot create $run/.droprun"
-        echo exists
-        return 0
+        if owned "$run" "$id"; then
+            echo exists
+            return 0
+        fi
+        # Another run's dir under this name (a leftover, a restored share): keep it aside,
+        # never delete it, never kill what may still run in it.
+        aside="$run.orphan-$(date +%Y%m%d-%H%M%S)"
+        [ ! -e "$aside" ] || aside="$aside-$$"
+        mv -- "$run" "$aside" || die 3 "cannot move $run aside to $aside"
     fi
     tmp="$run.preparing"
     rm -rf -- "$tmp"
@@ -54,8 +62,13 @@ do_prepare() {  # prepare CACHE RUNDIR: make the run dir from the cache (hard li
         cp -a -- "$cache" "$tmp" || die 3 "cannot copy $cache to $tmp"
     fi
     mkdir -p -- "$tmp/.droprun" || die 3 "cannot create $tmp/.droprun"
+    printf '%s\n' "$id" >"$tmp/.droprun/run_id" || die 3 "cannot write $tmp/.droprun/run_id"
     mv -- "$tmp" "$run" || die 3 "cannot rename $tmp to $run"
-    echo created
+    if [ -n "$aside" ]; then
+        printf 'moved\n%s' "$aside"
+    else
+        echo created
+    fi
 }
 
 do_write() {  # write FILE: stdin to FILE, atomically
@@ -64,13 +77,18 @@ do_write() {  # write FILE: stdin to FILE, atomically
     mv -f -- "$tmp" "$1" || die 3 "cannot rename $tmp to $1"
 }
 
-do_launch() {  # launch RUNDIR: start .droprun/launch.sh once, detached; print its pid
+do_launch() {  # launch RUNDIR ID: start .droprun/launch.sh once, detached; print "PID START"
     cd -- "$1" || die 3 "run dir $1 does not exist"
+    require_owned . "$2"
     [ -f .droprun/launch.sh ] || die 3 "$1/.droprun/launch.sh does not exist"
+    if [ ! -d .droprun/launched ]; then
+        need setsid env grep cut sort date sleep mv
+    fi
     if mkdir .droprun/launched 2>/dev/null; then
-        command -v setsid >/dev/null 2>&1 || die 3 "setsid is not installed on this host"
         if command -v bash >/dev/null 2>&1; then shell=bash; else shell=sh; fi
-        { setsid nohup "$shell" .droprun/launch.sh >.droprun/log 2>&1 </dev/null & }
+        # The id in the environment tags every process of the run, also those that leave
+        # its process group. No nohup: setsid leaves no terminal to hang up.
+        { DROPRUN_RUN_ID=$2 setsid "$shell" .droprun/launch.sh >.droprun/log 2>&1 </dev/null & }
     fi
     waited=0
     while [ ! -s .droprun/pid ]; do
@@ -80,67 +98,97 @@ do_launch() {  # launch RUNDIR: start .droprun/launch.sh once, detached; print i
         sleep 0.02 2>/dev/null || { sleep 1; waited=$((waited + 49)); }
         waited=$((waited + 1))
     done
-    cat .droprun/pid
+    printf '%s %s\n' "$(cat .droprun/pid)" "$(cat .droprun/start 2>/dev/null || echo -)"
 }
 
-do_status() {  # status RUNDIR: print "STATE PID EXIT" ("-" where unknown)
+do_status() {  # status RUNDIR ID: print "STATE PID EXIT TIMED_OUT END" ("-" where unknown)
     d="$1/.droprun"
+    if [ ! -d "$1" ]; then
+        echo "not_started - - 0 -"
+        return 0
+    fi
+    require_owned "$1" "$2"
     if [ ! -d "$d/launched" ]; then
-        echo "not_started - -"
+        echo "not_started - - 0 -"
         return 0
     fi
     pid=$(read_pid "$1")
-    if [ ! -f "$d/exit" ] && [ -n "$pid" ] && group_alive "$pid"; then
-        echo "running $pid -"
+    timed_out=0
+    [ ! -f "$d/timed_out" ] || timed_out=1
+    if [ ! -f "$d/exit" ] && run_alive "$2" "$pid"; then
+        echo "running ${pid:--} - $timed_out -"
     elif [ -f "$d/exit" ]; then  # checked again: the launcher may have just finished
-        echo "exited ${pid:--} $(cat -- "$d/exit")"
+        end=$(cat -- "$d/end" 2>/dev/null)
+        echo "exited ${pid:--} $(cat -- "$d/exit") $timed_out ${end:--}"
     else
-        echo "vanished ${pid:--} -"
+        echo "vanished ${pid:--} - $timed_out -"
     fi
 }
 
-do_log() {  # log RUNDIR OFFSET LIMIT: print LIMIT bytes of the log from OFFSET
+do_log() {  # log RUNDIR ID OFFSET LIMIT: print LIMIT bytes of the log from OFFSET
+    require_owned "$1" "$2"
     [ -f "$1/.droprun/log" ] || return 0
-    tail -c +"$(($2 + 1))" -- "$1/.droprun/log" | head -c "$3"
+    tail -c +"$(($3 + 1))" -- "$1/.droprun/log" | head -c "$4"
 }
 
-do_list() {  # list RUNDIR DIR: "NOW ALIVE\n", then "TYPE\0PATH\0SIZE\0MTIME\0" per file/link
+list_files() {  # list_files: "TYPE\0PATH\0SIZE\0MTIME\0" for each file and link under .
+    if find . -maxdepth 0 -printf '' 2>/dev/null; then
+        find . \( -type f -o -type l \) -printf '%y\0%P\0%s\0%T@\0'
+        return 0
+    fi
+    # BusyBox find has no -printf: stat each file (%y carries the nanoseconds).
+    find . \( -type f -o -type l \) -exec sh -c '
+        for f; do
+            s=$(stat -c "%s %Y %y" -- "$f") || continue
+            set -- $s
+            case $4 in *.*) ns=${4#*.} ;; *) ns=0 ;; esac
+            if [ -L "$f" ]; then t=l; else t=f; fi
+            printf "%s\0%s\0%s\0%s\0" "$t" "${f#./}" "$1" "$2.$ns"
+        done' droprun-list {} +
+}
+
+do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR
+    require_owned "$1" "$2"
     pid=$(read_pid "$1")
     alive=0
-    [ -n "$pid" ] && group_alive "$pid" && alive=1
-    echo "$(date +%s.%N) $alive"
-    [ -d "$2" ] || return 0
-    cd -- "$2" || die 3 "cannot enter $2"
-    find . \( -type f -o -type l \) -printf '%y\0%P\0%s\0%T@\0'
+    ! run_alive "$2" "$pid" || alive=1
+    now=$(date +%s.%N)
+    case $now in *N*) now=$(date +%s) ;; esac  # BusyBox date has no %N
+    echo "$now $alive"
+    [ -d "$3" ] || return 0
+    cd -- "$3" || die 3 "cannot enter $3"
+    list_files
 }
 
-do_kill() {  # kill RUNDIR GRACE: TERM the group, KILL it after GRACE seconds
-    pid=$(read_pid "$1")
-    [ -n "$pid" ] || return 0
-    group_alive "$pid" || return 0
-    kill -TERM -"$pid" 2>/dev/null
-    waited=0
-    while group_alive "$pid"; do
-        if [ "$waited" -ge "$(($2 * 5))" ]; then
-            kill -KILL -"$pid" 2>/dev/null
-            break
-        fi
-        pause
-        waited=$((waited + 1))
-    done
-    waited=0
-    while group_alive "$pid"; do
-        [ "$waited" -lt 50 ] || die 4 "process group $pid survived KILL"
-        pause
-        waited=$((waited + 1))
-    done
+do_kill() {  # kill RUNDIR ID GRACE: TERM every process of the run, KILL after GRACE s
+    pid=
+    if [ -d "$1" ]; then
+        require_owned "$1" "$2"
+        pid=$(read_pid "$1")
+    fi
+    sweep "$2" "$pid" "$3" "" || die 4 "processes of run $2 survived KILL"
 }
 
-do_cleanup() {  # cleanup RUNDIR: remove a run dir (never anything else)
+do_cleanup() {  # cleanup RUNDIR ID: remove run ID's dir (never anything else)
     case "${1##*/}" in
-        run_[0-9]*) rm -rf -- "$1" "$1.preparing" ;;
+        run_[0-9]*) ;;
         *) die 2 "refusing to remove $1: not a run dir" ;;
     esac
+    require_owned "$1" "$2"
+    rm -rf -- "$1" "$1.preparing"
+}
+
+do_orphans() {  # orphans BASE: "PATH\0ID\0START\0KB\0ALIVE\0" for each run dir in BASE/*/
+    for od in "$1"/*/run_[0-9]*; do
+        [ -d "$od" ] || continue
+        case $od in *.preparing) continue ;; esac
+        oid=$(cat -- "$od/.droprun/run_id" 2>/dev/null)
+        ostart=$(cat -- "$od/.droprun/start" 2>/dev/null || stat -c %Y -- "$od")
+        okb=$(du -sk -- "$od" 2>/dev/null | cut -f1)
+        oalive=0
+        [ -z "$oid" ] || ! run_alive "$oid" "$(read_pid "$od")" || oalive=1
+        printf '%s\0%s\0%s\0%s\0%s\0' "$od" "${oid:--}" "${ostart:--}" "${okb:-0}" "$oalive"
+    done
 }
 
 do_gpus() {  # gpus [IDS]: one GPU name per line, or "no-nvidia-smi"
@@ -276,15 +324,16 @@ for p in sys.path:
 VERB=${1:-}
 [ $# -gt 0 ] && shift
 case "$VERB" in
-    prepare) need_args 2 $#; do_prepare "$1" "$2" ;;
+    prepare) need_args 3 $#; do_prepare "$1" "$2" "$3" ;;
     write) need_args 1 $#; do_write "$1" ;;
-    launch) need_args 1 $#; do_launch "$1" ;;
-    status) need_args 1 $#; do_status "$1" ;;
-    log) need_args 3 $#; do_log "$1" "$2" "$3" ;;
-    list) need_args 2 $#; do_list "$1" "$2" ;;
+    launch) need_args 2 $#; do_launch "$1" "$2" ;;
+    status) need_args 2 $#; do_status "$1" "$2" ;;
+    log) need_args 4 $#; do_log "$1" "$2" "$3" "$4" ;;
+    list) need_args 3 $#; do_list "$1" "$2" "$3" ;;
     mkdir) need_args 1 $#; mkdir -p -- "$1" ;;
-    kill) need_args 2 $#; do_kill "$1" "$2" ;;
-    cleanup) need_args 1 $#; do_cleanup "$1" ;;
+    kill) need_args 3 $#; do_kill "$1" "$2" "$3" ;;
+    cleanup) need_args 2 $#; do_cleanup "$1" "$2" ;;
+    orphans) need_args 1 $#; do_orphans "$1" ;;
     gpus) do_gpus "${1:-}" ;;
     envinfo) need_args 5 $#; do_envinfo "$@" ;;
     home) printf '%s\n' "$HOME" ;;

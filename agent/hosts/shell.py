@@ -1,12 +1,15 @@
 """ShellHost: the whole :class:`agent.hosts.base.Host` interface on top of a Transport.
 
 Every remote action is one call of the inline POSIX helper (``helper.sh``) or one rsync
-run, so the local host and the ssh host share all run logic. Layout (DESIGN.md §4):
-``<remote_root>/<project>/cache/`` and ``<remote_root>/<project>/run_N/``.
+run, so the local host and the ssh host share all run logic. Layout on the host:
+``<remote_root>/<share_id>/<project>/cache/`` and ``.../<project>/run_N/``, where
+``share_id`` is unique to the agent's share, so agents that share a server account never
+share a cache or a run dir.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import logging
 import math
@@ -19,7 +22,16 @@ from pathlib import Path
 
 from agent.config import HostConfig
 from agent.envcapture import parse_sections, reuse_lists
-from agent.hosts.base import HostError, LaunchSpec, MirrorResult, ProcStatus, RunRef
+from agent.hosts.base import (
+    HostError,
+    Launched,
+    LaunchSpec,
+    MirrorResult,
+    Orphan,
+    ProcStatus,
+    RunRef,
+    Uploaded,
+)
 from agent.hosts.mirror import (
     Listing,
     ensure_staging,
@@ -28,7 +40,7 @@ from agent.hosts.mirror import (
     parse_listing,
     publish_settled,
 )
-from agent.launcher import CONDA_SH_PLACES, make_launcher
+from agent.launcher import CONDA_SH_PLACES, make_launcher, procs_text
 from agent.sync import (
     LocalRsync,
     RsyncVersions,
@@ -44,14 +56,46 @@ from agent.transport import CommandResult, Transport
 log = logging.getLogger(__name__)
 
 
+def _number(word: str) -> int | None:
+    return None if word == "-" else int(word)
+
+
 def parse_status(out: bytes) -> ProcStatus:
-    """Parse ``status`` output ``STATE PID EXIT`` (``-`` for unknown) (pure)."""
-    state, pid, code = out.decode().split()
+    """Parse ``status`` output ``STATE PID EXIT TIMED_OUT END`` (``-``: unknown) (pure)."""
+    state, pid, code, timed_out, end = out.decode().split()
     return ProcStatus(
         state=state,  # type: ignore[arg-type]
-        pid=None if pid == "-" else int(pid),
-        exit_code=None if code == "-" else int(code),
+        pid=_number(pid),
+        exit_code=_number(code),
+        timed_out=timed_out == "1",
+        end_epoch=_number(end),
     )
+
+
+def parse_launched(out: bytes) -> Launched:
+    """Parse ``launch`` output ``PID START`` (pure)."""
+    pid, start = out.decode().split()
+    return Launched(int(pid), _number(start))
+
+
+def parse_orphans(out: bytes) -> list[Orphan]:
+    """Parse ``orphans`` output, ``PATH\0ID\0START\0KB\0ALIVE\0`` per run dir (pure)."""
+    fields = out.split(b"\0")
+    found = []
+    for i in range(0, len(fields) - 4, 5):
+        path, run_id, start, kbytes, alive = (
+            f.decode(errors="surrogateescape") for f in fields[i : i + 5]
+        )
+        found.append(
+            Orphan(
+                path=path,
+                run_id=None if run_id == "-" else run_id,
+                start_epoch=int(start) if start.isdigit() else None,
+                kbytes=int(kbytes or 0),
+                alive=alive == "1",
+            )
+        )
+    return found
 
 
 class ShellHost:
@@ -68,6 +112,7 @@ class ShellHost:
         config: HostConfig,
         transport: Transport,
         *,
+        share_id: str = "",
         rsync_timeout: float = 6 * 3600.0,
         command_timeout: float = 60.0,
         quiet: float = 5.0,
@@ -77,11 +122,13 @@ class ShellHost:
         self.slots = config.slots
         self.config = config
         self.transport = transport
+        self.share_id = share_id
         self.rsync_timeout = rsync_timeout
         self.command_timeout = command_timeout
         self.quiet = quiet
         self._helper_text = (
-            importlib.resources.files("agent.hosts").joinpath("helper.sh").read_text()
+            procs_text()
+            + importlib.resources.files("agent.hosts").joinpath("helper.sh").read_text()
         )
         self._root: str | None = None
         self._last_no_answer = "not tried yet"
@@ -102,7 +149,7 @@ class ShellHost:
             root = self.config.remote_root
             if root == "~" or root.startswith("~/"):
                 root = self.transport.home().rstrip("/") + root[1:]
-            self._root = posixpath.normpath(root)
+            self._root = posixpath.normpath(posixpath.join(root, self.share_id))
         return self._root
 
     def cache_dir(self, project: str) -> str:
@@ -112,6 +159,10 @@ class ShellHost:
     def remote_dir(self, ref: RunRef) -> str:
         """Return the run directory on the host."""
         return posixpath.join(self._remote_root(), ref.project, f"run_{ref.run}")
+
+    def orphans(self) -> list[Orphan]:
+        """Return every run dir under this share's part of ``remote_root`` on the host."""
+        return parse_orphans(self._helper("orphans", self._remote_root(), timeout=600.0).stdout)
 
     # -- the helper ----------------------------------------------------------------------
 
@@ -285,8 +336,12 @@ class ShellHost:
 
     # -- a run ---------------------------------------------------------------------------
 
-    def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> int:
-        """rsync ``bin_dir`` into the cache, make the run dir from it; return bytes sent."""
+    def upload(self, ref: RunRef, bin_dir: Path, exclude: Sequence[str]) -> Uploaded:
+        """rsync ``bin_dir`` into the cache and make the run dir from it.
+
+        A dir of the run's name that carries another run's id is moved aside first.
+        Returns the bytes sent and where such a dir went.
+        """
         cache = self.cache_dir(ref.project)
         argv = make_upload_argv(
             str(bin_dir),
@@ -300,28 +355,31 @@ class ShellHost:
         with self._cache_lock(ref.project):
             self._helper("mkdir", posixpath.dirname(cache))
             stats = run_rsync(argv, timeout=self.rsync_timeout)
-            self._helper("prepare", cache, self.remote_dir(ref))
-        return stats.bytes_sent
+            out = self._helper("prepare", cache, self.remote_dir(ref), ref.run_id).stdout
+        word, _, aside = out.decode(errors="surrogateescape").partition("\n")
+        return Uploaded(stats.bytes_sent, aside if word == "moved" else None)
 
     def _cache_lock(self, project: str) -> threading.Lock:
         """Return the lock that serialises uploads into ``project``'s cache."""
         with self._locks_lock:
             return self._cache_locks.setdefault(project, threading.Lock())
 
-    def launch(self, ref: RunRef, spec: LaunchSpec) -> int:
-        """Write the launcher into the run dir and start it once; return its pid."""
+    def launch(self, ref: RunRef, spec: LaunchSpec) -> Launched:
+        """Write the launcher into the run dir and start it once; return pid and start."""
         run_dir = self.remote_dir(ref)
+        spec = dataclasses.replace(spec, run_id=ref.run_id)
         script = make_launcher(spec, self.config.conda_sh).encode()
         self._helper("write", posixpath.join(run_dir, ".droprun", "launch.sh"), stdin=script)
-        return int(self._helper("launch", run_dir).stdout.decode().strip())
+        return parse_launched(self._helper("launch", run_dir, ref.run_id).stdout)
 
     def status(self, ref: RunRef) -> ProcStatus:
-        """Return the state of the run's process group."""
-        return parse_status(self._helper("status", self.remote_dir(ref)).stdout)
+        """Return the state of the run's processes."""
+        return parse_status(self._helper("status", self.remote_dir(ref), ref.run_id).stdout)
 
     def read_log(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> bytes:
         """Return up to ``limit`` bytes of the run's log from byte ``offset``."""
-        return self._helper("log", self.remote_dir(ref), str(offset), str(limit)).stdout
+        run_dir = self.remote_dir(ref)
+        return self._helper("log", run_dir, ref.run_id, str(offset), str(limit)).stdout
 
     def seed_output(
         self, ref: RunRef, src: Path, output_dir: str, link_dest: str | None = None
@@ -340,13 +398,14 @@ class ShellHost:
         return run_rsync(argv, timeout=self.rsync_timeout).bytes_sent
 
     def kill(self, ref: RunRef, grace: float) -> None:
-        """TERM the run's process group, KILL it after ``grace`` s; return when it is gone."""
+        """TERM every process of the run, KILL the rest after ``grace`` s; return when gone."""
         seconds = max(0, math.ceil(grace))
-        self._helper("kill", self.remote_dir(ref), str(seconds), timeout=seconds + 30.0)
+        run_dir = self.remote_dir(ref)
+        self._helper("kill", run_dir, ref.run_id, str(seconds), timeout=seconds + 30.0)
 
     def cleanup(self, ref: RunRef) -> None:
         """Remove the run dir on the host; the project cache stays."""
-        self._helper("cleanup", self.remote_dir(ref), timeout=600.0)
+        self._helper("cleanup", self.remote_dir(ref), ref.run_id, timeout=600.0)
 
     def close(self) -> None:
         """Release the transport's connections."""
@@ -356,7 +415,8 @@ class ShellHost:
 
     def _list(self, ref: RunRef, output_dir: str) -> Listing:
         out_dir = posixpath.join(self.remote_dir(ref), output_dir)
-        return parse_listing(self._helper("list", self.remote_dir(ref), out_dir).stdout)
+        run_dir = self.remote_dir(ref)
+        return parse_listing(self._helper("list", run_dir, ref.run_id, out_dir).stdout)
 
     def mirror(
         self, ref: RunRef, output_dir: str, dest: Path, *, final: bool = False

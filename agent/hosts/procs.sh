@@ -1,0 +1,61 @@
+# droprun: the processes of one run. Shared by the helper (helper.sh) and the launcher,
+# which both paste this text in. POSIX sh; needs /proc, grep -z, setsid and env -u, which
+# GNU and BusyBox userlands both have.
+#
+# A process belongs to run ID if it is in the launcher's process group PGID, or if its
+# environment carries DROPRUN_RUN_ID=ID: the helper starts the launcher with it, and every
+# child inherits it, also one that left the group (setsid, a double fork, a daemon).
+
+pause() {
+    sleep 0.2 2>/dev/null || sleep 1
+}
+
+run_pids() {  # run_pids ID PGID KEEP: the live pids of the run, one per line, KEEP left out
+    rp_id=$1 rp_pgid=$2 rp_keep=${3:-none}
+    {
+        # /proc/PID/environ is the environment a process was started with; zombies have none.
+        grep -lsxzF "DROPRUN_RUN_ID=$rp_id" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3
+        # The group counts only while its leader is this run's launcher: after a reboot
+        # the recorded pgid may belong to a stranger.
+        if [ -n "$rp_pgid" ] && grep -qsxzF "DROPRUN_RUN_ID=$rp_id" "/proc/$rp_pgid/environ"; then
+            for rp_f in /proc/[0-9]*/stat; do
+                { read -r rp_line <"$rp_f"; } 2>/dev/null || continue
+                # shellcheck disable=SC2086 # split "state ppid pgrp ..." after the command name
+                set -- ${rp_line##*) }
+                if [ "$3" = "$rp_pgid" ] && [ "$1" != Z ] && [ "$1" != X ]; then
+                    rp_pid=${rp_f#/proc/}
+                    echo "${rp_pid%/stat}"
+                fi
+            done
+        fi
+    } | grep -vx -e "$rp_keep" -e "$$" | sort -u
+}
+
+run_alive() {  # run_alive ID PGID: true if any process of the run is alive
+    [ -n "$(run_pids "$1" "$2" "")" ]
+}
+
+sweep() {  # sweep ID PGID GRACE KEEP: TERM every process of the run, KILL after GRACE s
+    sw_pids=$(run_pids "$1" "$2" "$4")
+    [ -n "$sw_pids" ] || return 0
+    # shellcheck disable=SC2086 # one pid per word
+    kill -TERM $sw_pids 2>/dev/null
+    sw_waited=0
+    while sw_pids=$(run_pids "$1" "$2" "$4") && [ -n "$sw_pids" ]; do
+        if [ "$sw_waited" -ge "$(($3 * 5))" ]; then
+            # shellcheck disable=SC2086
+            kill -KILL $sw_pids 2>/dev/null
+            break
+        fi
+        pause
+        sw_waited=$((sw_waited + 1))
+    done
+    sw_waited=0
+    while sw_pids=$(run_pids "$1" "$2" "$4") && [ -n "$sw_pids" ]; do
+        [ "$sw_waited" -lt 50 ] || return 4
+        # shellcheck disable=SC2086
+        kill -KILL $sw_pids 2>/dev/null
+        pause
+        sw_waited=$((sw_waited + 1))
+    done
+}
