@@ -99,6 +99,11 @@ def test_a_full_share_is_waited_out_and_nothing_on_it_is_damaged(tmp_path: Path)
         drop(project, f"[env]\n{env}")
         with agent(config) as records:
             wait_for("the run to start", lambda: _state(project, 1) == runinfo.RUNNING)
+            log_path = project / "results" / "run_1" / "log.log"
+            # Released only once it ticked: the test wants a log from before the share filled.
+            wait_for(
+                "the first tick", lambda: log_path.exists() and "tick 1" in log_path.read_text()
+            )
             go.touch()
             wait_for(
                 "run.info to say the share is full",
@@ -242,6 +247,8 @@ def test_run_info_replaced_by_a_fifo_while_running_does_not_hang_the_agent(
     _, go = _slow_run(tmp_path, project, "proj")
     with agent(config) as records:
         wait_for("the run to start", lambda: _state(project) == runinfo.RUNNING)
+        # The archive is written just after the start; a swap before that races its save.
+        wait_for("the archive", lambda: info(project).bin_sha256)
         path = project / "results" / "run_0" / "run.info"
         path.unlink()
         os.mkfifo(path)
