@@ -24,6 +24,7 @@ from shares import (
     drop,
     info,
     make_project,
+    on_host,
     run_once,
     write_config,
     write_ssh_config,
@@ -79,7 +80,7 @@ def test_hostile_project_names_run_over_ssh_with_an_old_args_rsync(
     for project in [alpha, *projects]:
         drop(project, tomlkit.dumps({"args": [project.name]}))
     run_once(config)
-    remote_root = Path(sshd_server.remote_root)
+    remote_root = on_host(sshd_server.remote_root, share)
     for project in [alpha, *projects]:
         result = info(project)
         assert result.state == runinfo.SUCCEEDED, (project.name, result.reason)
