@@ -27,10 +27,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from agent import runinfo
-from agent.config import HostConfig
 from agent.fsutil import atomic_write
 from agent.index import RunSummary
 from agent.names import PUBLISH_DIR
+from agent.schema import HostConfig
 
 GROUPS = ("client", "project", "host", "month")
 NO_CLIENT = "(none)"

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__, runinfo, share
-from agent.config import AgentConfig
+from agent.agentfile import load_agent_config
 from agent.problems import UserError
-from agent.settings import load_agent_config
+from agent.schema import AgentConfig
 
 DEFAULT_CONFIG = "/etc/droprun/droprun.toml"
 
@@ -69,7 +69,7 @@ def cmd_agent(opts: argparse.Namespace) -> int:
 
 def cmd_validate(opts: argparse.Namespace) -> int:
     """Check request, project and agent files offline; exit 1 if any has a problem."""
-    from agent.settings import validate_paths
+    from agent.agentfile import validate_paths
 
     config = load_config(opts.config) if opts.config or os.environ.get("DROPRUN_CONFIG") else None
     paths = [Path(p) for p in opts.files]

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config import AgentConfig
 from agent.hosts.base import Host
+from agent.schema import AgentConfig
 
 
 class Wakeups:

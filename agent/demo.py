@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from agent import runinfo
-from agent.settings import load_agent_config
+from agent.agentfile import load_agent_config
 
 EXAMPLE_PROJECT = "tiny-regression"
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import shlex
 
 from agent import runinfo, share
-from agent.config import AgentConfig
-from agent.hosts import open_host
 from agent.hosts.base import Orphan
+from agent.hosts.kinds import HostEnv, open_host
+from agent.hosts.kinds.ssh import SshConfig
 from agent.problems import UserError
+from agent.schema import AgentConfig
 
 
 def claimed_run_ids(config: AgentConfig) -> set[str]:
@@ -37,7 +38,8 @@ def find_orphans(config: AgentConfig, host_name: str) -> list[Orphan]:
     if host_name not in config.hosts:
         known = ", ".join(sorted(config.hosts))
         raise UserError(f"no host {host_name!r} in {config.path} (hosts: {known})")
-    host = open_host(config.hosts[host_name], config.state_dir, share.share_id(config.share))
+    env = HostEnv(config.state_dir, share.share_id(config.share))
+    host = open_host(config.hosts[host_name], env)
     try:
         found = host.orphans()
     finally:
@@ -63,10 +65,9 @@ def removal_hint(config: AgentConfig, host_name: str, orphans: list[Orphan]) -> 
         return ""
     words = ["rm", "-rf", "--", *idle]
     hc = config.hosts[host_name]
-    if hc.kind == "local":
+    if not isinstance(hc, SshConfig):
         return shlex.join(words)
-    target = f"{hc.user}@{hc.address}" if hc.user else str(hc.address)
-    return shlex.join(["ssh", "-p", str(hc.port), target, shlex.join(words)])
+    return shlex.join(["ssh", "-p", str(hc.port), f"{hc.user}@{hc.address}", shlex.join(words)])
 
 
 def _age(seconds: float) -> str:

@@ -16,10 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent.config import AgentConfig
 from agent.fsutil import read_plain
 from agent.problems import InvalidFile, Problem
 from agent.rerun import reference_problems
+from agent.schema import AgentConfig
 from agent.settings import MAX_REQUEST_BYTES, Effective, merge
 from agent.sweep import Scalar, Sweep, clashes, run_layer
 from agent.tomlsrc import scan_keys
@@ -60,6 +60,25 @@ def _locator(
     return where
 
 
+def gpu_problems(
+    config: AgentConfig,
+    target: str,
+    gpus: int | None,
+    where: Callable[[str], tuple[str, int | None]],
+) -> list[Problem]:
+    """Return the problem of a ``gpus`` that no host the run may go to can ever give."""
+    members = config.groups.get(target, (target,))
+    most = max((len(config.hosts[m].gpus) for m in members if m in config.hosts), default=0)
+    if gpus is None or gpus <= most:
+        return []
+    file, line = where("gpus")
+    if target in config.groups:
+        what = f"group {target}'s hosts list at most {most}"
+    else:
+        what = f"host {target} lists {most} in its gpus"
+    return [Problem(file, line, "gpus", f"found {gpus} GPUs, expected at most {most}: {what}")]
+
+
 def plan_runs(
     config: AgentConfig,
     project: Path,
@@ -73,9 +92,9 @@ def plan_runs(
     Raises InvalidFile listing every problem of the merged settings.
     """
     effective = merge(config.defaults, layer_project, layer_request)
-    problems = reference_problems(
-        project, effective, _locator(config, project, request_name, data, effective)
-    )
+    where = _locator(config, project, request_name, data, effective)
+    problems = reference_problems(project, effective, where)
+    problems += gpu_problems(config, effective.settings.host, effective.settings.gpus, where)
     sweep: Sweep | None = layer_request.get("sweep")
     if sweep is not None:
         lines = scan_keys(data.decode("utf-8", "replace"))

@@ -26,6 +26,7 @@ ACCEPTED = "accepted"
 QUEUED = "queued"
 WAKING = "waking"
 UPLOADING = "uploading"
+PENDING = "pending"
 RUNNING = "running"
 FINISHING = "finishing"
 SUCCEEDED = "succeeded"
@@ -39,6 +40,7 @@ STATES = (
     QUEUED,
     WAKING,
     UPLOADING,
+    PENDING,
     RUNNING,
     FINISHING,
     SUCCEEDED,
@@ -116,6 +118,11 @@ class RunInfo:
     archive_shared_with: str | None = None
     remote_dir: str | None = None
     remote_pid: int | None = None
+    job_id: str | None = None
+    group: str | None = None
+    queued_s: int | None = None
+    gpus: int | None = None
+    gpu_ids: list[str] | None = None
     moved_aside: str | None = None
     gpu_names: list[str] | None = None
     rsync_local: str | None = None

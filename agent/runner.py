@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from agent.fsutil import read_plain
 from agent.hosts.base import HostError, LaunchSpec, ProcStatus, RunRef
 from agent.names import CANCEL_NAMES
 from agent.runinfo import RunInfo
-from agent.settings import RunSettings, settings_from_table
+from agent.schema import RunSettings
+from agent.settings import settings_from_table
 
 # The launcher on the host ends a run at its limit; the agent steps in only this much
 # later (a launcher killed from outside, or a host clock far off).
@@ -34,6 +36,14 @@ def settings_from_info(info: RunInfo) -> RunSettings:
     return settings_from_table(info.effective, "run.info")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a run goes: the host, and the ids of the host's GPUs it holds."""
+
+    host: str
+    gpus: tuple[str, ...] = ()
+
+
 class Stopped(Exception):
     """The agent is stopping; the run stays as it is, to be resumed later."""
 
@@ -41,25 +51,41 @@ class Stopped(Exception):
 class RunDriver:
     """Takes one run folder through its states on one host."""
 
-    def __init__(self, ctx: RunContext, run_dir: Path, slot: int = 0) -> None:
+    def __init__(self, ctx: RunContext, run_dir: Path, placement: Placement | None = None) -> None:
+        """Load the run; ``placement`` is where the scheduler put it (default: its host)."""
         self.ctx = ctx
         self.run_dir = run_dir
-        self.slot = slot
         self.info_path = run_dir / "run.info"
         self.info = runinfo.load(self.info_path)
         self.written = _peek(self.info_path)  # to notice edits made by someone else
-        if not self.info.run_id:  # accepted by a version without run ids
-            self.info.run_id = runinfo.new_run_id()
-            self.save()
-        self.ref = RunRef(self.info.project, self.info.run, self.info.run_id)
         self.settings = settings_from_info(self.info)
-        self.host = ctx.hosts[self.info.host or self.settings.host]
+        self.placement = placement or Placement(self.info.host or self.settings.host)
+        fresh_id = not self.info.run_id  # accepted by a version without run ids
+        if fresh_id:
+            self.info.run_id = runinfo.new_run_id()
+        assert self.info.run_id is not None
+        self.ref = RunRef(self.info.project, self.info.run, self.info.run_id)
+        if self.record_placement() or fresh_id:
+            self.save()
+        self.host = ctx.hosts[self.placement.host]
         self.host_config = ctx.config.hosts[self.host.name]
         self.project_dir = run_dir.parent.parent
         self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
         self.reason_before_full: str | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
+
+    def record_placement(self) -> bool:
+        """Put the chosen host (and group) and the run's GPUs into ``info``; return True if
+        that changed it."""
+        info, placement = self.info, self.placement
+        before = (info.host, info.group, info.gpus, info.gpu_ids)
+        if self.settings.host in self.ctx.config.groups:
+            info.group = self.settings.host
+        info.host = placement.host
+        if self.ctx.config.hosts[placement.host].gpus or placement.gpus:
+            info.gpus, info.gpu_ids = len(placement.gpus), list(placement.gpus)
+        return (info.host, info.group, info.gpus, info.gpu_ids) != before
 
     def save(self) -> None:
         """Write run.info atomically; say so in the log if someone else changed it."""
@@ -125,7 +151,7 @@ class RunDriver:
                 self.prepare()
             if self.info.state == runinfo.UPLOADING:
                 self.upload_and_launch()
-            if self.info.state == runinfo.RUNNING:
+            if self.info.state in (runinfo.PENDING, runinfo.RUNNING):
                 self.watch()
             if self.info.state == runinfo.FINISHING:
                 self.finish()
@@ -201,12 +227,25 @@ class RunDriver:
         if not reuse.seed_output(self):  # resume_from: output_dir filled before the start
             return
         spec = self.launch_spec()
+        handed = int(self.ctx.clock())
         launched = self.retry(lambda: self.host.launch(self.ref, spec), "launch")
-        now = launched.start_epoch or int(self.ctx.clock())
-        self.info.remote_pid = launched.pid
+        self.info.job_id, self.info.remote_pid = launched.job_id, launched.pid
         self.info.gpu_names = self.read_gpu_names(spec.cuda_visible_devices)
-        self.info.start_epoch = now
-        self.info.start_time = runinfo.date_string(now)
+        if launched.start_epoch is None:  # the host queued it: the clock has not started
+            self.info.queued_s = handed  # when it was handed over, until it starts
+            self.move(runinfo.PENDING, f"waiting for resources on {self.host.name}")
+        else:  # started at once: no time queued on the host
+            self.started(launched.start_epoch, launched.start_epoch)
+
+    def started(self, start: int, handed: int | None = None) -> None:
+        """Record that the script started at ``start`` (the host's clock) and move to
+        ``running``; the time since the run was ``handed`` to the host is ``queued_s``."""
+        handed = handed if handed is not None else self.info.queued_s
+        self.info.queued_s = max(0, start - handed) if handed is not None else 0
+        self.info.start_epoch = start
+        self.info.start_time = runinfo.date_string(start)
+        if self.info.state == runinfo.PENDING:
+            self.info.reason = None  # the wait is over
         self.move(runinfo.RUNNING)
 
     def archive(self) -> None:
@@ -267,8 +306,9 @@ class RunDriver:
             return None
 
     def launch_spec(self) -> LaunchSpec:
-        """Return what the launcher needs, with this slot's GPU if the host lists GPUs."""
-        gpus = self.host_config.gpus
+        """Return what the launcher needs; CUDA_VISIBLE_DEVICES names exactly the GPUs the
+        scheduler gave the run (left unset on a host that lists no GPUs)."""
+        listed = self.host_config.gpus or self.placement.gpus
         s = self.settings
         return LaunchSpec(
             run_script=s.run_script,
@@ -277,7 +317,7 @@ class RunDriver:
             setup=s.setup,
             conda_env=s.conda_env,
             output_dir=s.output_dir,
-            cuda_visible_devices=gpus[self.slot % len(gpus)] if gpus else None,
+            cuda_visible_devices=",".join(self.placement.gpus) if listed else None,
             run_id=self.ref.run_id,
             timeout=s.timeout,
             kill_grace=self.ctx.config.kill_grace,
@@ -378,15 +418,18 @@ class RunDriver:
                 raise FileNotFoundError(errno.ENOENT, "run folder deleted", str(self.run_dir))
             try:
                 status = self.host.status(self.ref)
+                if self.info.state == runinfo.PENDING and status.state != "pending":
+                    self.started(status.start_epoch or int(self.ctx.clock()))
                 self.pull_log()
                 if status.state in ("exited", "vanished"):
                     break
                 if self.cancel_requested():
                     self.stop_process(runinfo.CANCELLED, "cancelled (a cancel file was dropped)")
                     break
-                assert self.info.start_epoch is not None
                 limit = self.settings.timeout + self.ctx.config.kill_grace + TIMEOUT_SLACK
-                if self.ctx.clock() - self.info.start_epoch > limit:
+                if status.state == "pending":
+                    self.note_pending(status.reason)
+                elif self.ctx.clock() - (self.info.start_epoch or self.ctx.clock()) > limit:
                     self.stop_process(runinfo.TIMED_OUT, self.time_limit_reason())
                     break
                 if self.ctx.clock() - last_mirror >= self.settings.backup_every:
@@ -405,6 +448,13 @@ class RunDriver:
                     failing_since = self.ctx.clock()
             self.sleep(self.ctx.config.log_every)
         self.move(runinfo.FINISHING)
+
+    def note_pending(self, why: str | None) -> None:
+        """Record in run.info why the host still holds the run back, if that changed."""
+        reason = f"waiting for resources on {self.host.name}" + (f": {why}" if why else "")
+        if reason != self.info.reason:
+            self.info.reason = reason
+            self.save()
 
     def time_limit_reason(self) -> str:
         """Return the reason a timed-out run gives, with the limit as the user wrote it."""

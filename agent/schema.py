@@ -1,7 +1,10 @@
 """The one schema of droprun's settings: every key with its type, default, doc line, example, check.
 
-Validation (:mod:`agent.settings`), ``droprun validate`` and the commented templates that
-``droprun init`` writes (:mod:`agent.templates`) are all driven from the tables here.
+Each key is written once, as a field of the dataclass that holds it when loaded
+(:class:`RunSettings`, :class:`AgentConfig`, :class:`HostConfig` and each host kind's own
+config, see :mod:`agent.hosts.kinds`). Validation (:mod:`agent.settings`), ``droprun
+validate``, the commented templates of ``droprun init`` (:mod:`agent.templates`) and the
+defaults of the loaded values are all read from there: adding a setting is one field.
 
 Limits against hostile input (anyone who can write to the share can drop a request):
 
@@ -21,8 +24,9 @@ The limits and the kinds of values are in :mod:`agent.valuetypes`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from agent.sweep import SWEEP
@@ -51,7 +55,6 @@ from agent.valuetypes import (
     SSH_FILE,
     STRINGS,
     TEXT,
-    USER,
     Context,
     ValueType,
     between,
@@ -90,94 +93,110 @@ class Table:
     named: bool = False
 
 
-RUN_FIELDS: tuple[Field, ...] = (
-    Field(
-        "host",
+def setting(
+    type_: ValueType,
+    default: Any,
+    doc: str,
+    *,
+    example: Any = None,
+    check: Callable[[Any, Context], None] | None = None,
+    required: bool = False,
+) -> Any:
+    """Return a dataclass field that is also a key of the schema.
+
+    ``default`` is the TOML value (None: unset); the field's default is that value
+    converted by ``type_``, so the loaded default and the documented one cannot differ.
+    """
+    spec = Field("", type_, default, doc, example, check, required)
+    value = None if default is None else type_.convert(default, Context())
+    meta = {"schema": spec}
+    if value is None or getattr(type(value), "__hash__", None) is not None:
+        return field(default=value, metadata=meta)
+    return field(default_factory=lambda: value, metadata=meta)
+
+
+def schema_fields(cls: type) -> tuple[Field, ...]:
+    """Return the schema keys of the dataclass ``cls`` (its fields made with :func:`setting`)."""
+    return tuple(
+        replace(f.metadata["schema"], name=f.name) for f in fields(cls) if "schema" in f.metadata
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The merged, typed run settings of one run. Durations are in seconds."""
+
+    host: str = setting(
         HOST_ALIAS,
         "local",
-        'Where to run: a host of the agent\'s [hosts]; "local" is the NAS itself.',
+        'Where to run: a host or host group of the agent\'s config; "local" is the NAS itself.',
         example="gpu1",
-    ),
-    Field(
-        "run_script",
-        RELATIVE_PATH,
-        "run.sh",
-        "The script to run, relative to bin/.",
-    ),
-    Field(
-        "args",
+    )
+    run_script: str = setting(RELATIVE_PATH, "run.sh", "The script to run, relative to bin/.")
+    args: tuple[str, ...] = setting(
         STRINGS,
         [],
         "Arguments for the script, each a separate word (never through a shell).",
         example=["--epochs", "10"],
-    ),
-    Field(
-        "timeout",
-        DURATION,
-        "24h",
-        'Wall-clock limit of the training: "90m", "12h", "1d2h", or seconds.',
-    ),
-    Field(
-        "backup_every",
-        DURATION,
-        "10m",
-        "How often output_dir is mirrored back to the share while the run goes on.",
-    ),
-    Field(
-        "output_dir",
-        OUTPUT_DIR,
-        "output",
-        "Where the script writes its results, relative to its run folder.",
-    ),
-    Field(
-        "conda_env",
+    )
+    timeout: int = setting(
+        DURATION, "24h", 'Wall-clock limit of the training: "90m", "12h", "1d2h", or seconds.'
+    )
+    backup_every: int = setting(
+        DURATION, "10m", "How often output_dir is mirrored back to the share while the run goes on."
+    )
+    output_dir: str = setting(
+        OUTPUT_DIR, "output", "Where the script writes its results, relative to its run folder."
+    )
+    conda_env: str | None = setting(
         CONDA_ENV,
         None,
         "Conda environment to activate before the script (unset: none).",
         example="torch",
-    ),
-    Field(
-        "setup",
+    )
+    setup: tuple[str, ...] = setting(
         SHELL_LINES,
         [],
         "Shell lines run on the server before the script.",
         example=["source ~/activate_env.sh 2.4"],
-    ),
-    Field(
-        "env",
-        ENV,
-        {},
-        "Environment variables for the script.",
-        example={"CUDA_LAUNCH_BLOCKING": "1"},
-    ),
-    Field(
-        "exclude",
+    )
+    env: Mapping[str, str] = setting(
+        ENV, {}, "Environment variables for the script.", example={"CUDA_LAUNCH_BLOCKING": "1"}
+    )
+    exclude: tuple[str, ...] = setting(
         STRINGS,
         [".git/", "__pycache__/", "*.pyc"],
         "rsync-style patterns left out of the upload and the archive.",
-    ),
-    Field(
-        "code_from",
+    )
+    code_from: str | None = setting(
         RUN_REF,
         None,
         "Run that run's archived code (its bin.tar.gz) instead of today's bin/ (unset: bin/).",
         example="run_3",
-    ),
-    Field(
-        "resume_from",
+    )
+    resume_from: str | None = setting(
         RUN_REF,
         None,
         "Start with that run's mirrored output already in output_dir (unset: empty).",
         example="run_3",
-    ),
-    Field(
-        "client",
+    )
+    client: str | None = setting(
         NAME,
         None,
         "Billing label: who the run is for (droprun report groups by it).",
         example="acme",
-    ),
-)
+    )
+    gpus: int | None = setting(
+        INTEGER,
+        None,
+        "How many of the host's GPUs the run needs; it waits until they are free "
+        "(unset: one slot's share of the host's gpus).",
+        example=2,
+        check=between(0, MAX_ITEMS, "a number of GPUs"),
+    )
+
+
+RUN_FIELDS: tuple[Field, ...] = schema_fields(RunSettings)
 
 REQUEST_ONLY_FIELDS: tuple[Field, ...] = (
     Field("name", NAME, None, "A short label for this run.", example="baseline"),
@@ -192,174 +211,150 @@ REQUEST_ONLY_FIELDS: tuple[Field, ...] = (
     ),
 )
 
-AGENT_FIELDS: tuple[Field, ...] = (
-    Field(
-        "share",
+
+@dataclass(frozen=True, kw_only=True)
+class HostConfig:
+    """One ``[hosts.NAME]`` table, validated: the keys every kind of host has. A kind with
+    keys of its own (ssh: address, user...) extends it (:mod:`agent.hosts.kinds`)."""
+
+    name: str
+    kind: str = setting(
+        NAME, "local", 'How to reach the host: "local" is this machine; other kinds are below.'
+    )
+    slots: int = setting(
+        INTEGER,
+        1,
+        "How many runs may go on this host at the same time.",
+        check=between(1, MAX_ITEMS, "a number of slots"),
+    )
+    gpus: tuple[str, ...] = setting(
+        GPU_IDS,
+        [],
+        "GPU ids of this host; each run gets its share of them as CUDA_VISIBLE_DEVICES.",
+        example=["0", "1"],
+    )
+    remote_root: str = setting(
+        REMOTE_PATH, "~/droprun", "Folder on the server that holds each project's cache and runs."
+    )
+    conda_sh: str | None = setting(
+        REMOTE_PATH,
+        None,
+        "conda.sh sourced on the server before conda_env is activated.",
+        example="~/miniconda3/etc/profile.d/conda.sh",
+    )
+    wake_mac: str | None = setting(
+        MAC,
+        None,
+        "Wake-on-LAN: the server's MAC address (unset: no waking).",
+        example="aa:bb:cc:dd:ee:ff",
+    )
+    wake_broadcast: str = setting(ADDRESS, "255.255.255.255", "Where the Wake-on-LAN packet goes.")
+    wake_port: int = setting(
+        INTEGER,
+        9,
+        "UDP port of the Wake-on-LAN packet.",
+        check=between(1, 65535, "a port number"),
+    )
+    wake_timeout: int = setting(DURATION, "5m", "How long to wait for a woken server to answer.")
+    shutdown_after: int | None = setting(
+        DURATION,
+        None,
+        "Power the server off when it has been idle this long (unset: never).",
+        example="30m",
+    )
+    shutdown_command: str = setting(
+        COMMAND, "sudo -n /sbin/shutdown -P now", "How the server is powered off."
+    )
+    cancel_shutdown_command: str = setting(
+        COMMAND,
+        "sudo -n /sbin/shutdown -c",
+        "How a pending power-off is cancelled when new work arrives.",
+    )
+    rate_per_gpu_hour: float | None = setting(
+        AMOUNT,
+        None,
+        "Price of one GPU-hour on this host, for droprun report (unset: no amount).",
+        example=1.2,
+    )
+    currency: str | None = setting(CURRENCY, None, "Currency of rate_per_gpu_hour.", example="EUR")
+
+
+HOST_FIELDS: tuple[Field, ...] = schema_fields(HostConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyConfig:
+    """The agent's ``[notify]`` table, validated. ``stalled_after`` is in seconds."""
+
+    urls: tuple[str, ...] = setting(
+        NOTIFY_URLS,
+        [],
+        "Where notices go: Apprise URLs (mailto://, ntfys://, slack://, msteams://, "
+        "discord://, tgram://, json://...).",
+        example=["ntfys://ntfy.sh/my-droprun-topic"],
+    )
+    on: tuple[str, ...] = setting(
+        EVENTS,
+        list(NOTIFY_EVENTS),
+        "What sends a notice: a run ending in one of these states, or stalled.",
+    )
+    stalled_after: int = setting(
+        DURATION,
+        "30m",
+        "A running run whose log has not grown for this long is stalled (one notice).",
+    )
+
+
+NOTIFY_FIELDS: tuple[Field, ...] = schema_fields(NotifyConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """The whole ``droprun.toml``, validated. ``defaults`` is a validated settings layer."""
+
+    path: Path
+    hosts: Mapping[str, HostConfig]
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    share: Path = setting(
         LOCAL_PATH,
         None,
         "The share: each folder in it that has a bin/ folder is a project.",
         example="/volume1/training",
         check=existing_dir,
         required=True,
-    ),
-    Field(
-        "state_dir",
+    )
+    state_dir: Path = setting(
         SSH_FILE,  # ssh's control sockets live below it
         "~/.local/state/droprun",
         "Where the agent keeps its own state.",
-    ),
-    Field("settle", SECONDS, 1, "A request is read once it has not changed for this many seconds."),
-    Field(
-        "rescan",
-        SECONDS,
-        30,
-        "How often the whole share is looked at, in case a change was not noticed.",
-    ),
-    Field(
-        "watch",
+    )
+    settle: float = setting(
+        SECONDS, 1, "A request is read once it has not changed for this many seconds."
+    )
+    rescan: float = setting(
+        SECONDS, 30, "How often the whole share is looked at, in case a change was not noticed."
+    )
+    watch: str = setting(
         ValueType("string", choice("inotify", "poll")),
         "inotify",
         'How new files are noticed: "inotify", or "poll" where inotify misses changes.',
-    ),
-    Field(
-        "log_every",
-        SECONDS,
-        2,
-        "How often the log of a running training is copied to the share (seconds).",
-    ),
-    Field(
-        "kill_grace",
-        SECONDS,
-        10,
-        "On cancel or timeout: seconds between the polite stop and the forced one.",
-    ),
-)
+    )
+    log_every: float = setting(
+        SECONDS, 2, "How often the log of a running training is copied to the share (seconds)."
+    )
+    kill_grace: float = setting(
+        SECONDS, 10, "On cancel or timeout: seconds between the polite stop and the forced one."
+    )
 
-HOST_FIELDS: tuple[Field, ...] = (
-    Field(
-        "kind",
-        ValueType("string", choice("local", "ssh")),
-        "local",
-        'How to reach the host: "ssh", or "local" for this machine.',
-        example="ssh",
-    ),
-    Field(
-        "address",
-        ADDRESS,
-        None,
-        "Host name or IP address of the server (ssh).",
-        example="192.168.1.50",
-    ),
-    Field("port", INTEGER, 22, "ssh port.", check=between(1, 65535, "a port number")),
-    Field("user", USER, None, "Login name on the server (ssh).", example="train"),
-    Field(
-        "key",
-        SSH_FILE,
-        None,
-        "Private key file for ssh (unset: ssh's default).",
-        example="~/.ssh/id_ed25519",
-    ),
-    Field(
-        "known_hosts",
-        SSH_FILE,
-        None,
-        "known_hosts file with the server's key (unset: ssh's default).",
-        example="~/.ssh/known_hosts",
-    ),
-    Field(
-        "slots",
-        INTEGER,
-        1,
-        "How many runs may go on this host at the same time.",
-        check=between(1, MAX_ITEMS, "a number of slots"),
-    ),
-    Field(
-        "gpus",
-        GPU_IDS,
-        [],
-        "GPU ids: run slot i gets CUDA_VISIBLE_DEVICES=gpus[i].",
-        example=["0", "1"],
-    ),
-    Field(
-        "remote_root",
-        REMOTE_PATH,
-        "~/droprun",
-        "Folder on the server that holds each project's cache and runs.",
-    ),
-    Field(
-        "conda_sh",
-        REMOTE_PATH,
-        None,
-        "conda.sh sourced on the server before conda_env is activated.",
-        example="~/miniconda3/etc/profile.d/conda.sh",
-    ),
-    Field(
-        "wake_mac",
-        MAC,
-        None,
-        "Wake-on-LAN: the server's MAC address (unset: no waking).",
-        example="aa:bb:cc:dd:ee:ff",
-    ),
-    Field("wake_broadcast", ADDRESS, "255.255.255.255", "Where the Wake-on-LAN packet goes."),
-    Field(
-        "wake_port",
-        INTEGER,
-        9,
-        "UDP port of the Wake-on-LAN packet.",
-        check=between(1, 65535, "a port number"),
-    ),
-    Field("wake_timeout", DURATION, "5m", "How long to wait for a woken server to answer."),
-    Field(
-        "shutdown_after",
-        DURATION,
-        None,
-        "Power the server off when it has been idle this long (unset: never).",
-        example="30m",
-    ),
-    Field(
-        "shutdown_command",
-        COMMAND,
-        "sudo -n /sbin/shutdown -P now",
-        "How the server is powered off.",
-    ),
-    Field(
-        "cancel_shutdown_command",
-        COMMAND,
-        "sudo -n /sbin/shutdown -c",
-        "How a pending power-off is cancelled when new work arrives.",
-    ),
-    Field(
-        "rate_per_gpu_hour",
-        AMOUNT,
-        None,
-        "Price of one GPU-hour on this host, for droprun report (unset: no amount).",
-        example=1.2,
-    ),
-    Field("currency", CURRENCY, None, "Currency of rate_per_gpu_hour.", example="EUR"),
-)
+    @property
+    def targets(self) -> frozenset[str]:
+        """Return what a run's ``host`` may name: a host or a group of hosts."""
+        return frozenset(self.hosts) | frozenset(self.groups)
 
-NOTIFY_FIELDS: tuple[Field, ...] = (
-    Field(
-        "urls",
-        NOTIFY_URLS,
-        [],
-        "Where notices go: Apprise URLs (mailto://, ntfys://, slack://, msteams://, "
-        "discord://, tgram://, json://...).",
-        example=["ntfys://ntfy.sh/my-droprun-topic"],
-    ),
-    Field(
-        "on",
-        EVENTS,
-        list(NOTIFY_EVENTS),
-        "What sends a notice: a run ending in one of these states, or stalled.",
-    ),
-    Field(
-        "stalled_after",
-        DURATION,
-        "30m",
-        "A running run whose log has not grown for this long is stalled (one notice).",
-    ),
-)
+
+AGENT_FIELDS: tuple[Field, ...] = schema_fields(AgentConfig)
 
 # A project.toml's [notify]: more URLs for its runs, of web services only.
 PROJECT_NOTIFY_FIELDS: tuple[Field, ...] = (

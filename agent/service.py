@@ -13,14 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent import runinfo, share
-from agent.config import AgentConfig
 from agent.context import RunContext
-from agent.hosts import open_host
+from agent.hosts.kinds import HostEnv, Kinds, open_host
 from agent.names import is_request_name
 from agent.notify import Notifier
 from agent.problems import UserError
 from agent.publish import Publisher
 from agent.scheduler import Scheduler
+from agent.schema import AgentConfig
 from agent.sync import LocalRsync
 from agent.watcher import Hint, Watcher, WatchLimitError, open_watcher
 
@@ -31,10 +31,11 @@ JOIN_TIMEOUT = 5.0  # s: on stop, how long runs in the middle of a step are wait
 ACTIVE_FIRST = {
     runinfo.FINISHING: 0,
     runinfo.RUNNING: 1,
-    runinfo.UPLOADING: 2,
-    runinfo.WAKING: 3,
-    runinfo.QUEUED: 4,
-    runinfo.ACCEPTED: 4,
+    runinfo.PENDING: 2,
+    runinfo.UPLOADING: 3,
+    runinfo.WAKING: 4,
+    runinfo.QUEUED: 5,
+    runinfo.ACCEPTED: 5,
 }
 
 
@@ -181,9 +182,10 @@ def resume(ctx: RunContext, scheduler: Scheduler) -> int:
             continue
         if info.terminal:
             continue
-        if info.host not in ctx.hosts:
-            ctx.log.error("%s: host %r is no longer configured", run_dir, info.host)
-            info.transition(runinfo.ERROR, f"host {info.host!r} is no longer in the agent config")
+        target = info.host or info.group
+        if target not in ctx.hosts and target not in ctx.config.groups:
+            ctx.log.error("%s: host %r is no longer configured", run_dir, target)
+            info.transition(runinfo.ERROR, f"host {target!r} is no longer in the agent config")
             runinfo.save(path, info)
             continue
         pending.append((ACTIVE_FIRST[info.state], info.accepted_at or "", info.run, run_dir, info))
@@ -376,12 +378,13 @@ def terminate_children(log: logging.Logger) -> list[int]:
     return pids
 
 
-def make_context(config: AgentConfig, log: logging.Logger) -> RunContext:
-    """Open every configured host (lazily connecting) and return the agent's context."""
-    local_rsync = LocalRsync()
-    space = share.share_id(config.share)
-    hosts = {
-        name: open_host(hc, config.state_dir, space, local_rsync)
-        for name, hc in config.hosts.items()
-    }
+def make_context(
+    config: AgentConfig, log: logging.Logger, kinds: Kinds | None = None
+) -> RunContext:
+    """Open every configured host (lazily connecting) and return the agent's context.
+
+    ``kinds`` replaces the registry of host kinds (for tests and plug-ins).
+    """
+    env = HostEnv(config.state_dir, share.share_id(config.share), LocalRsync())
+    hosts = {name: open_host(hc, env, kinds) for name, hc in config.hosts.items()}
     return RunContext(config=config, hosts=hosts, log=log)

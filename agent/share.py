@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent import runinfo
-from agent.config import AgentConfig
 from agent.fsutil import NotPlainFile, atomic_write, read_plain
 from agent.names import is_project_name, is_request_name, request_kind
 from agent.plan import Plan, plan_runs
 from agent.problems import InvalidFile, Problem
 from agent.rerun import run_number
 from agent.runinfo import RunInfo
+from agent.schema import AgentConfig
 from agent.settings import (
     MAX_REQUEST_BYTES,
     parse_request,
@@ -250,8 +250,8 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
         # lstat said "regular file", but it may have been swapped since: read_request
         # checks the file it actually opens.
         data = read_request(request)
-        layer_project = read_project_layer(project / "project.toml", config.hosts.keys())
-        layer_request = parse_request(data, request.name, config.hosts.keys())
+        layer_project = read_project_layer(project / "project.toml", config.targets)
+        layer_request = parse_request(data, request.name, config.targets)
         plans = plan_runs(config, project, request.name, data, layer_project, layer_request)
     except InvalidFile as exc:
         return reject(request, [str(p) for p in exc.problems])
@@ -265,7 +265,7 @@ def accept(request: Path, config: AgentConfig) -> Accepted | Rejected:
     try:
         moved = read_request(target, shown_as=request.name)  # swapped before the rename?
         if moved != data:  # changed between our read and the rename: validate what we own now
-            layer_request = parse_request(moved, request.name, config.hosts.keys())
+            layer_request = parse_request(moved, request.name, config.targets)
             plans = plan_runs(config, project, request.name, moved, layer_project, layer_request)
     except InvalidFile as exc:
         os.rename(target, request)

@@ -9,9 +9,9 @@ from typing import Any
 
 import tomlkit
 
-from agent.config import AgentConfig
 from agent.fsutil import create_temp
 from agent.problems import UserError
+from agent.schema import AgentConfig
 from agent.settings import parse_request
 
 
@@ -67,7 +67,7 @@ def write_request(
     if "/" in project or not (folder / "bin").is_dir():
         raise UserError(f"{folder}: not a project folder (it needs a bin/ folder)")
     text = pairs_to_toml(pairs, base)
-    parse_request(text.encode(), "run.request", config.hosts.keys())
+    parse_request(text.encode(), "run.request", config.targets)
     fd, tmp = create_temp(folder, ".submit-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:

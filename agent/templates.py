@@ -13,9 +13,9 @@ from typing import Any
 
 import tomlkit
 
+from agent.hosts.kinds import Kinds, builtin_kinds
 from agent.schema import (
     AGENT_FIELDS,
-    HOST_FIELDS,
     NOTIFY_FIELDS,
     PROJECT_NOTIFY_FIELDS,
     REQUEST_ONLY_FIELDS,
@@ -56,8 +56,9 @@ def _fields(fields: Sequence[Field]) -> list[str]:
     return lines
 
 
-def agent_template(share: Path) -> str:
-    """Return a valid ``droprun.toml`` for ``share``, with a commented ``[hosts.gpu1]`` example."""
+def agent_template(share: Path, kinds: Kinds | None = None) -> str:
+    """Return a valid ``droprun.toml`` for ``share``, with a commented ``[hosts.NAME]``
+    example for every kind of host but ``local`` (the first with every key)."""
     lines = [
         "# droprun agent configuration. Check it with: droprun validate droprun.toml",
         _HOW_TO,
@@ -79,13 +80,23 @@ def agent_template(share: Path) -> str:
         *_fields(NOTIFY_FIELDS),
         "# Servers that runs can go to, one [hosts.NAME] table each; runs name them with",
         '# host = "NAME". The host "local" (this machine) always exists unless defined here.',
-        "# An ssh server, ready to uncomment:",
-        "#",
-        "# [hosts.gpu1]",
+        "# A run's host may also name a group of hosts, a [groups] entry such as",
+        '# fast = ["gpu1", "gpu2"]: the run goes to the first member with a free slot.',
     ]
-    for spec in HOST_FIELDS:
-        example = spec.example if spec.example is not None else spec.default
-        lines += _field_lines(spec, value=example)
+    shown_common = False
+    for kind in (kinds or builtin_kinds()).values():
+        if kind.name == "local":
+            continue
+        lines += ["#", f"# {kind.a_host[0].upper()}{kind.a_host[1:]} ({kind.doc}):", "#"]
+        lines += [f"# [hosts.{kind.example}]"]
+        own = kind.own_fields()
+        common = [spec for spec in kind.fields() if spec not in own]
+        for spec in [common[0], *own, *([] if shown_common else common[1:])]:
+            value = kind.name if spec.name == "kind" else spec.example
+            lines += _field_lines(spec, value=value if value is not None else spec.default)
+        if shown_common:
+            lines += ["# ...and every other key of the first example."]
+        shown_common = True
     return "\n".join(lines) + "\n"
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from agent.durations import format_duration, parse_duration
@@ -219,7 +220,7 @@ def _gpu_ids(value: object, context: Context) -> tuple[str, ...]:
         raise ValueError(f"{exc}; GPU ids are strings or whole numbers like 0") from None
 
 
-def _env(value: object, _context: Context) -> dict[str, str]:
+def _env(value: object, _context: Context) -> Mapping[str, str]:
     if not isinstance(value, dict):
         raise _fail(value, 'a table of strings like { CUDA_LAUNCH_BLOCKING = "1" }')
     if len(value) > MAX_ITEMS:
@@ -241,7 +242,7 @@ def _env(value: object, _context: Context) -> dict[str, str]:
             bad.append((name, str(exc)))
     if bad:
         raise BadEntries(bad)
-    return dict(value)
+    return MappingProxyType(dict(value))
 
 
 def _duration(value: object, _context: Context) -> int:

@@ -12,10 +12,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from agent.config import HostConfig
 from agent.hosts.base import RunRef
 from agent.hosts.shell import ShellHost
 from agent.hosts.ssh import SshTransport
+from agent.schema import HostConfig
 from bench.plan import MIB, Plan
 from bench.report import Row
 from bench.tools import (

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import runinfo
-from agent.settings import load_agent_config
+from agent.agentfile import load_agent_config
 from agent.share import share_id
 
 # Prints its args and three epochs, writes a checkpoint each, exits with $EXIT_CODE.

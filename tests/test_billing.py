@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent import billing, runinfo
+from agent.agentfile import load_agent_config
 from agent.index import ShareIndex
 from agent.runinfo import RunInfo
-from agent.settings import load_agent_config
 
 from shares import REPO, drop, make_project, run_once, write_config
 

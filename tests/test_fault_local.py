@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent import runinfo
+from agent.agentfile import load_agent_config
 from agent.service import make_context, serve
-from agent.settings import load_agent_config
 
 from shares import drop, info, make_project, on_host, pid_alive, write_config
 from testbed import tmpfs

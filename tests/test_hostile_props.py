@@ -19,9 +19,9 @@ import tomlkit
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from agent.config import HostConfig
 from agent.durations import format_duration, parse_duration
 from agent.hosts.base import LaunchSpec
+from agent.hosts.kinds.ssh import SshConfig
 from agent.hosts.sshargs import make_remote_command, make_rsync_target, make_ssh_argv
 from agent.launcher import make_launcher
 from agent.problems import InvalidFile
@@ -208,7 +208,7 @@ def test_rsync_runs_ssh_with_exactly_our_words(
     wildcards): the file lands in exactly that folder, with any agent rsync arguments
     mode (RSYNC_OLD_ARGS sends paths on the shell's command line without -s)."""
     fake, record = _remote_shell(tmp_path)
-    config = HostConfig(
+    config = SshConfig(
         name="g",
         kind="ssh",
         address="10.200.0.2",
@@ -266,7 +266,7 @@ def test_ssh_reads_our_options_back_exactly(
     key_path.parent.mkdir(parents=True, exist_ok=True)
     key_path.write_text("not a key\n")  # ssh drops an -i file that does not exist
     known, control = known.replace("'", ""), control.replace("'", "")
-    config = HostConfig(
+    config = SshConfig(
         name="g", kind="ssh", address="10.200.0.2", port=2222, user="train",
         key=key_path, known_hosts=Path(known),
     )  # fmt: skip

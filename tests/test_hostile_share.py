@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from agent import runinfo
-from agent.config import HostConfig
+from agent.agentfile import load_agent_config
 from agent.problems import InvalidFile
-from agent.settings import load_agent_config, parse_request, read_project_layer
+from agent.schema import HostConfig
+from agent.settings import parse_request, read_project_layer
 
 from shares import (
     NASTY_PROJECT_NAMES,

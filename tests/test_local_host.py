@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import HostConfig
-from agent.hosts import open_host
 from agent.hosts.base import LaunchSpec, ProcStatus, RunRef
+from agent.hosts.kinds import HostEnv, open_host
 from agent.hosts.local import LocalTransport
 from agent.hosts.shell import ShellHost
+from agent.schema import HostConfig
 
 from testbed import busybox_userland
 
@@ -99,7 +99,7 @@ def _wait_exit(host: ShellHost, ref: RunRef) -> ProcStatus:
 
 
 def test_open_host_and_layout(tmp_path: Path) -> None:
-    local = open_host(HostConfig(name="local", remote_root="~/dr"), tmp_path)
+    local = open_host(HostConfig(name="local", remote_root="~/dr"), HostEnv(tmp_path))
     assert local.reachable()
     assert local.remote_dir(RunRef("my proj", 4, "id4")) == os.path.expanduser("~/dr/my proj/run_4")
     local.close()

@@ -129,9 +129,9 @@ def test_pages_reload_only_while_something_is_active(tmp_path):
 def test_a_state_change_rewrites_only_the_pages_it_touches(share):
     import logging
 
+    from agent.agentfile import load_agent_config
     from agent.context import RunContext
     from agent.publish import Publisher
-    from agent.settings import load_agent_config
 
     config = load_agent_config(share.parent / "droprun.toml")
     publisher = Publisher(RunContext(config=config, hosts={}, log=logging.getLogger("t")))

@@ -107,7 +107,7 @@ def test_resume_source_gone_before_the_start_is_an_error(tmp_path: Path) -> None
     timed_out_run(project, config)
     drop(project, 'resume_from = "run_0"\n')
     from agent import share
-    from agent.settings import load_agent_config
+    from agent.agentfile import load_agent_config
 
     accepted = share.accept(project / "run.request", load_agent_config(config))
     assert isinstance(accepted, share.Accepted)

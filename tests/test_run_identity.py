@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent import cli, runinfo
-from agent.config import HostConfig
 from agent.hosts.base import HostError, LaunchSpec, RunRef
 from agent.hosts.local import LocalTransport
 from agent.hosts.shell import ShellHost
+from agent.schema import HostConfig
 
 from shares import (
     AgentProcess,

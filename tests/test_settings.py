@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from agent.config import AgentConfig, HostConfig
+from agent.agentfile import load_agent_config
 from agent.problems import InvalidFile
-from agent.schema import AGENT_FIELDS, HOST_FIELDS, RUN_FIELDS
+from agent.schema import AGENT_FIELDS, HOST_FIELDS, RUN_FIELDS, AgentConfig, HostConfig, RunSettings
 from agent.settings import (
     Effective,
-    RunSettings,
-    load_agent_config,
     merge,
     parse_request,
     read_project_layer,

@@ -7,8 +7,9 @@ import os
 import pytest
 
 from agent import names, runinfo, share
+from agent.agentfile import load_agent_config
 from agent.problems import InvalidFile
-from agent.settings import MAX_REQUEST_BYTES, load_agent_config
+from agent.settings import MAX_REQUEST_BYTES
 
 from shares import drop, make_project, write_config
 

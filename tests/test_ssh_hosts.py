@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from agent import runinfo
+from agent.agentfile import load_agent_config
 from agent.hosts.base import RunRef
 from agent.hosts.shell import ShellHost
 from agent.hosts.ssh import SshTransport
 from agent.service import make_context, serve
-from agent.settings import load_agent_config
 
 from shares import drop, info, make_project, run_once, wait_for, write_ssh_config
 from testbed import (

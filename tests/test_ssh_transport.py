@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from testbed_netns import NetnsHost
 
-from agent.config import HostConfig
 from agent.hosts.base import HostError, HostKeyError
+from agent.hosts.kinds.ssh import SshConfig
 from agent.hosts.ssh import SshTransport
 from agent.hosts.sshargs import (
     MAX_SOCKET_PATH,
@@ -60,7 +60,7 @@ def socket_bound() -> Iterator[int]:
 
 
 def test_make_ssh_argv_is_batch_strict_and_multiplexed() -> None:
-    config = HostConfig(
+    config = SshConfig(
         name="gpu",
         kind="ssh",
         address="10.0.0.5",
@@ -101,7 +101,7 @@ def test_make_ssh_argv_is_batch_strict_and_multiplexed() -> None:
 
 
 def test_make_ssh_argv_quotes_spaces_and_escapes_percent() -> None:
-    config = HostConfig(
+    config = SshConfig(
         name="gpu", kind="ssh", address="h", key=Path("/k/50%"), known_hosts=Path("/my dir/kh")
     )
     argv = make_ssh_argv(config, Path("/st ate/ssh"))
@@ -111,13 +111,13 @@ def test_make_ssh_argv_quotes_spaces_and_escapes_percent() -> None:
 
 
 def test_make_ssh_argv_without_known_hosts_trusts_nothing() -> None:
-    argv = make_ssh_argv(HostConfig(name="gpu", kind="ssh", address="h"), Path("/s"))
+    argv = make_ssh_argv(SshConfig(name="gpu", kind="ssh", address="h"), Path("/s"))
     assert "UserKnownHostsFile=/dev/null" in argv
     assert "StrictHostKeyChecking=yes" in argv
 
 
 def test_unset_key_and_known_hosts_default_to_the_users_ssh_files(tmp_path: Path) -> None:
-    bare = HostConfig(name="gpu", kind="ssh", address="h")
+    bare = SshConfig(name="gpu", kind="ssh", address="h")
     assert with_ssh_defaults(bare, tmp_path) == replace(
         bare, known_hosts=tmp_path / ".ssh" / "known_hosts"
     )
@@ -142,8 +142,8 @@ def test_control_dir_stays_under_the_socket_path_limit() -> None:
 
 
 def test_rsync_target_brackets_ipv6_only() -> None:
-    def cfg(address: str) -> HostConfig:
-        return HostConfig(name="h", kind="ssh", address=address, user="u")
+    def cfg(address: str) -> SshConfig:
+        return SshConfig(name="h", kind="ssh", address=address, user="u")
 
     assert make_rsync_target(cfg("10.1.2.3"), "/a/b") == "u@10.1.2.3:/a/b"
     assert make_rsync_target(cfg("fd00::1"), "/a") == "u@[fd00::1]:/a"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import tomlkit
 
+from agent.agentfile import load_agent_config, validate_paths
 from agent.schema import AGENT_FIELDS, HOST_FIELDS, REQUEST_ONLY_FIELDS, RUN_FIELDS
-from agent.settings import load_agent_config, parse_request, read_project_layer, validate_paths
+from agent.settings import parse_request, read_project_layer
 from agent.templates import agent_template, project_template, request_template
 
 

@@ -9,14 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.agentfile import load_agent_config, validate_paths
 from agent.problems import InvalidFile, Problem
 from agent.settings import (
     MAX_PROBLEMS,
     MAX_REQUEST_BYTES,
-    load_agent_config,
     parse_request,
     read_project_layer,
-    validate_paths,
 )
 from agent.tomlsrc import parse_text, scan_keys
 

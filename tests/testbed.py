@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import HostConfig
+from agent.hosts.kinds.ssh import SshConfig
 
 INSTALL_HINT = (
     "apt-get update && apt-get install -y rsync openssh-server openssh-client samba "
@@ -278,9 +278,9 @@ class SshServer:
         """The remote_root that :meth:`host_config` uses (inside ``base``)."""
         return str(self.base / "droprun")
 
-    def host_config(self, name: str = "testhost", **overrides: Any) -> HostConfig:
-        """Return an ssh ``HostConfig`` for this server; ``overrides`` replace any field."""
-        config = HostConfig(
+    def host_config(self, name: str = "testhost", **overrides: Any) -> SshConfig:
+        """Return an ssh ``SshConfig`` for this server; ``overrides`` replace any field."""
+        config = SshConfig(
             name=name,
             kind="ssh",
             address=self.address,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import HostConfig
+from agent.hosts.kinds.ssh import SshConfig
 
 from testbed import SshServer, TestUser, require_tool, run_checked, running_sshd
 
@@ -38,8 +38,8 @@ class NetnsHost:
         """Bring the link back up and re-add the address route that ``down`` removed."""
         run_checked([require_tool("ip"), "link", "set", self.veth_host, "up"])
 
-    def host_config(self, name: str = "nshost", **overrides: Any) -> HostConfig:
-        """Return an ssh ``HostConfig`` for the sshd inside the namespace."""
+    def host_config(self, name: str = "nshost", **overrides: Any) -> SshConfig:
+        """Return an ssh ``SshConfig`` for the sshd inside the namespace."""
         return self.ssh.host_config(name, **overrides)
 
 

@@ -66,24 +66,28 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class Launched:
-    """A started run: the launcher's pid, and when it started by the host's clock."""
+    """A run handed to the host: its opaque job handle (the launcher's pid on local and ssh
+    hosts, a scheduler's job id elsewhere), the pid if there is one, and when the script
+    started by the host's clock (None: the host queued it, see ``pending``)."""
 
-    pid: int
+    job_id: str
+    pid: int | None = None
     start_epoch: int | None = None
 
 
-ProcState = Literal["not_started", "running", "exited", "vanished"]
+ProcState = Literal["not_started", "pending", "running", "exited", "vanished"]
 
 
 @dataclass(frozen=True)
 class ProcStatus:
     """The training process as the host sees it.
 
-    ``not_started``: no launch marker; ``running``: a process of the run is alive;
+    ``not_started``: no launch marker; ``pending``: the host has the run and waits for
+    resources (``reason`` says which); ``running``: a process of the run is alive;
     ``exited``: the launcher recorded an exit status; ``vanished``: launched, not alive,
     and no exit status (killed from outside, or the server rebooted). ``timed_out``: the
     launcher ended the script at its time limit; ``end_epoch``: when the script ended, by
-    the host's clock.
+    the host's clock, and ``start_epoch`` when it started.
     """
 
     state: ProcState
@@ -91,6 +95,8 @@ class ProcStatus:
     exit_code: int | None = None
     timed_out: bool = False
     end_epoch: int | None = None
+    start_epoch: int | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,11 @@ class Host(Protocol):
 
     name: str
     slots: int
+
+    def awake(self) -> bool:
+        """Return False if the host is known to sleep (powered off by us, or not answering);
+        cheap, never asks the host. A group prefers awake members."""
+        ...
 
     def reachable(self) -> bool:
         """Return True if the host answers now (cheap check, no waiting)."""

@@ -101,27 +101,28 @@ do_launch() {  # launch RUNDIR ID: start .droprun/launch.sh once, detached; prin
     printf '%s %s\n' "$(cat .droprun/pid)" "$(cat .droprun/start 2>/dev/null || echo -)"
 }
 
-do_status() {  # status RUNDIR ID: print "STATE PID EXIT TIMED_OUT END" ("-" where unknown)
+do_status() {  # status RUNDIR ID: "STATE PID EXIT TIMED_OUT END START" ("-": unknown)
     d="$1/.droprun"
     if [ ! -d "$1" ]; then
-        echo "not_started - - 0 -"
+        echo "not_started - - 0 - -"
         return 0
     fi
     require_owned "$1" "$2"
     if [ ! -d "$d/launched" ]; then
-        echo "not_started - - 0 -"
+        echo "not_started - - 0 - -"
         return 0
     fi
     pid=$(read_pid "$1")
+    start=$(cat -- "$d/start" 2>/dev/null)
     timed_out=0
     [ ! -f "$d/timed_out" ] || timed_out=1
     if [ ! -f "$d/exit" ] && run_alive "$2" "$pid"; then
-        echo "running ${pid:--} - $timed_out -"
+        echo "running ${pid:--} - $timed_out - ${start:--}"
     elif [ -f "$d/exit" ]; then  # checked again: the launcher may have just finished
         end=$(cat -- "$d/end" 2>/dev/null)
-        echo "exited ${pid:--} $(cat -- "$d/exit") $timed_out ${end:--}"
+        echo "exited ${pid:--} $(cat -- "$d/exit") $timed_out ${end:--} ${start:--}"
     else
-        echo "vanished ${pid:--} - $timed_out -"
+        echo "vanished ${pid:--} - $timed_out - ${start:--}"
     fi
 }
 

@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.config import HostConfig
 from agent.envcapture import parse_sections, reuse_lists
 from agent.hosts.base import (
     HostError,
@@ -41,6 +40,7 @@ from agent.hosts.mirror import (
     publish_settled,
 )
 from agent.launcher import CONDA_SH_PLACES, make_launcher, procs_text
+from agent.schema import HostConfig
 from agent.sync import (
     LocalRsync,
     RsyncVersions,
@@ -61,21 +61,22 @@ def _number(word: str) -> int | None:
 
 
 def parse_status(out: bytes) -> ProcStatus:
-    """Parse ``status`` output ``STATE PID EXIT TIMED_OUT END`` (``-``: unknown) (pure)."""
-    state, pid, code, timed_out, end = out.decode().split()
+    """Parse ``status`` output ``STATE PID EXIT TIMED_OUT END START`` (``-``: unknown) (pure)."""
+    state, pid, code, timed_out, end, start = out.decode().split()
     return ProcStatus(
         state=state,  # type: ignore[arg-type]
         pid=_number(pid),
         exit_code=_number(code),
         timed_out=timed_out == "1",
         end_epoch=_number(end),
+        start_epoch=_number(start),
     )
 
 
 def parse_launched(out: bytes) -> Launched:
-    """Parse ``launch`` output ``PID START`` (pure)."""
+    """Parse ``launch`` output ``PID START`` (pure): the pid is the job handle."""
     pid, start = out.decode().split()
-    return Launched(int(pid), _number(start))
+    return Launched(pid, int(pid), _number(start))
 
 
 def parse_orphans(out: bytes) -> list[Orphan]:
@@ -132,6 +133,7 @@ class ShellHost:
         )
         self._root: str | None = None
         self._last_no_answer = "not tried yet"
+        self._asleep = False  # as far as the agent knows: powered off by it, or no answer
         self._power_lock = threading.Lock()
         self._powered_off = False
         self._last_idle = 0.0
@@ -182,6 +184,10 @@ class ShellHost:
 
     # -- reachability and power ------------------------------------------------------------
 
+    def awake(self) -> bool:
+        """Return False if the agent powered the host off or it last did not answer."""
+        return not self._asleep
+
     def reachable(self) -> bool:
         """Return True if the host runs a trivial command now, False if it does not answer.
 
@@ -194,9 +200,11 @@ class ShellHost:
             if not exc.transient:
                 raise
             self._last_no_answer = str(exc)
-            return False
-        if not ok:
-            self._last_no_answer = "`true` failed on the host"
+            ok = False
+        else:
+            if not ok:
+                self._last_no_answer = "`true` failed on the host"
+        self._asleep = not ok
         return ok
 
     def wake(self) -> None:
@@ -263,6 +271,7 @@ class ShellHost:
             if seconds < after or self._powered_off:
                 return
             self._powered_off = True
+            self._asleep = True
         log.info("%s: idle for %.0f s, running shutdown_command", self.name, seconds)
         try:
             self._helper("power", self.config.shutdown_command, timeout=30.0)

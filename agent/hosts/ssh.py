@@ -21,8 +21,8 @@ from pathlib import Path
 
 import paramiko
 
-from agent.config import HostConfig
 from agent.hosts.base import HostError, HostKeyError
+from agent.hosts.kinds.ssh import SshConfig
 from agent.hosts.sshargs import (
     CONNECT_TIMEOUT,
     make_control_dir,
@@ -75,10 +75,10 @@ class SshTransport:
     """
 
     def __init__(
-        self, config: HostConfig, state_dir: Path, *, connect_timeout: float = CONNECT_TIMEOUT
+        self, config: SshConfig, state_dir: Path, *, connect_timeout: float = CONNECT_TIMEOUT
     ) -> None:
-        if config.kind != "ssh" or not config.address:
-            raise ValueError(f"host {config.name} is not an ssh host with an address")
+        if not config.address:
+            raise ValueError(f"host {config.name} has no address")
         self.config = with_ssh_defaults(config, Path("~").expanduser())
         self._state_dir = state_dir
         self._connect_timeout = connect_timeout

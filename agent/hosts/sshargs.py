@@ -1,7 +1,7 @@
 """The system ssh command lines: pure builders of argv, destinations and remote commands.
 
 rsync runs the system ssh client (not paramiko), so its options are built here, from the
-same :class:`agent.config.HostConfig` that :class:`agent.hosts.ssh.SshTransport` connects
+same :class:`agent.hosts.kinds.ssh.SshConfig` that :class:`agent.hosts.ssh.SshTransport` connects
 with: the same key, the same known_hosts, strict host key checking, and a control master
 so that repeated rsyncs skip the key exchange.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from agent.config import HostConfig
+from agent.hosts.kinds.ssh import SshConfig
 
 CONNECT_TIMEOUT = 10.0
 CONTROL_PERSIST = 60
@@ -56,7 +56,7 @@ def _ssh_config_path(path: Path, tokens: str = "") -> str:
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
-def with_ssh_defaults(config: HostConfig, home: Path) -> HostConfig:
+def with_ssh_defaults(config: SshConfig, home: Path) -> SshConfig:
     """Return ``config`` with ssh's defaults filled in from the agent user's ``home``.
 
     ``known_hosts`` unset: ``home/.ssh/known_hosts``. ``key`` unset: the first of
@@ -70,7 +70,7 @@ def with_ssh_defaults(config: HostConfig, home: Path) -> HostConfig:
     return replace(config, key=key, known_hosts=config.known_hosts or ssh_dir / "known_hosts")
 
 
-def make_ssh_argv(config: HostConfig, control_dir: Path) -> list[str]:
+def make_ssh_argv(config: SshConfig, control_dir: Path) -> list[str]:
     """Return the system ssh argv (no destination) that rsync uses for ``config``.
 
     Batch mode, only the configured key and known_hosts, strict host key checking, and a
@@ -102,14 +102,14 @@ def make_ssh_argv(config: HostConfig, control_dir: Path) -> list[str]:
     return argv
 
 
-def _address(config: HostConfig) -> str:
+def _address(config: SshConfig) -> str:
     """Return the host's address; raise ValueError if it has none."""
     if not config.address:
         raise ValueError(f"host {config.name} has no address")
     return config.address
 
 
-def make_destination(config: HostConfig) -> str:
+def make_destination(config: SshConfig) -> str:
     """Return ``user@address`` (or ``address``) for the system ssh client.
 
     Raises ValueError if the host has no address.
@@ -118,7 +118,7 @@ def make_destination(config: HostConfig) -> str:
     return f"{config.user}@{address}" if config.user else address
 
 
-def make_rsync_target(config: HostConfig, path: str) -> str:
+def make_rsync_target(config: SshConfig, path: str) -> str:
     """Return rsync's name for ``path`` on the host: ``user@address:path``, IPv6 bracketed.
 
     droprun's rsync runs with ``--protect-args``: the path reaches the server's rsync
