@@ -1,14 +1,18 @@
 """droprun: drop a run.request on a NAS share, train on a GPU server, file the results.
 
-The modules follow the data flow (see DESIGN.md §6):
+The modules follow the data flow (docs/design.md and the README's map of the code):
 
-- ``durations``, ``tomlsrc``, ``schema``, ``settings``: request text -> validated run settings
-- ``share``: the share layout; accepting a request claims a run record (``runinfo``)
-- ``hosts``: where runs execute (``local``, ``ssh``) behind one interface
-- ``sync``, ``launcher``: rsync command lines and the remote launcher, built by pure functions
-- ``runner``: drives one run from accepted to a terminal state
-- ``scheduler``, ``watcher``, ``service``: the long-running agent
-- ``cli``: the ``droprun`` command
+- ``tomlsrc``, ``valuetypes``, ``schema``, ``settings``, ``agentfile``: settings files
+  -> validated run settings and agent config
+- ``names``, ``share``, ``plan``, ``runinfo``: requests on the share -> claimed run records
+- ``scheduler``, ``runner``: where and when a run goes, and its states
+- ``hosts/``: everything that runs commands on a host (kinds, transports, rsync, launcher)
+- ``watcher``, ``service``: the long-running agent; ``cli``: the ``droprun`` command
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("droprun")  # one place: pyproject.toml
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"

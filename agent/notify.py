@@ -182,7 +182,7 @@ class Notifier:
         """Return the notice URLs of ``run``'s project.toml (none if it has none or is bad)."""
         path = self.ctx.config.share / run.project / "project.toml"
         try:
-            layer = read_project_layer(path, self.ctx.config.hosts.keys())
+            layer = read_project_layer(path, self.ctx.config.targets)
         except InvalidFile as exc:
             self.ctx.log.warning("%s: its notice URLs are not used: %s", path, exc)
             return ()

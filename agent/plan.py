@@ -16,11 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent.fsutil import read_plain
 from agent.problems import InvalidFile, Problem
 from agent.rerun import reference_problems
 from agent.schema import AgentConfig
-from agent.settings import MAX_REQUEST_BYTES, Effective, merge
+from agent.settings import MAX_REQUEST_BYTES, Effective, merge, read_file
 from agent.sweep import Scalar, Sweep, clashes, run_layer
 from agent.tomlsrc import scan_keys
 
@@ -36,8 +35,8 @@ class Plan:
 def _text_of(path: Path, follow: bool) -> str:
     """Return the text of a settings file, for line numbers only ("" if unreadable)."""
     try:
-        return read_plain(path, MAX_REQUEST_BYTES, follow=follow).decode("utf-8", "replace")
-    except OSError:
+        return read_file(path, MAX_REQUEST_BYTES, follow=follow).decode("utf-8", "replace")
+    except InvalidFile:
         return ""
 
 

@@ -13,7 +13,7 @@ import shutil
 from typing import TYPE_CHECKING
 
 from agent import archshare, runinfo
-from agent.archive import ArchiveInfo
+from agent.archive import ArchiveInfo, make_archive, tree_signature
 from agent.fsutil import atomic_file
 from agent.rerun import (
     SourceError,
@@ -192,3 +192,50 @@ def extra_env(d: Driver) -> dict[str, str]:
     if d.settings.resume_from is None or d.info.remote_dir is None:
         return {}
     return {RESUME_ENV: output_dir(d)}
+
+
+def archive_run(d: Driver) -> None:
+    """Write ``bin.tar.gz`` and its figures into run.info; whatever makes the archive
+    differ from the uploaded code is said in ``bin_note``.
+
+    Never fails the run (the script is already running).
+    """
+    if d.settings.code_from is not None:
+        archive_from_run(d)
+        return
+    bin_dir = (d.project_dir / "bin").resolve()
+    if not bin_dir.is_relative_to(d.ctx.config.share.resolve()):
+        # Swapped for a link out of the share since the upload: archiving it would
+        # copy files from outside the share into it.
+        d.note_bin("bin/ became a link out of the share after the upload: not archived")
+        return
+    try:
+        before = tree_signature(bin_dir, d.settings.exclude)
+        if before == d.uploaded_signature and link_unchanged_archive(d, before):
+            return
+        archive = make_archive(bin_dir, d.settings.exclude, d.run_dir / "bin.tar.gz")
+        after = tree_signature(bin_dir, d.settings.exclude)
+        moved_on = d.uploaded_signature != after
+    except OSError as exc:
+        d.note_bin(f"bin/ could not be archived: {exc}")
+        return
+    d.info.bin_files, d.info.bin_bytes = archive.files, archive.bytes
+    d.info.bin_sha256 = archive.sha256
+    notes = []
+    if archive.skipped:
+        notes.append(f"left out (gone or no longer a plain file): {_few(archive.skipped)}")
+    if archive.changed:
+        notes.append(f"changed while being archived: {_few(archive.changed)}")
+    if moved_on:
+        notes.append("bin/ changed after the upload (or the agent restarted in between)")
+    link_equal_archive(d, archive, None if notes else after)
+    if notes:
+        d.note_bin("; ".join(notes) + "; bin.tar.gz may differ from the code that runs")
+    else:
+        d.save()
+
+
+def _few(paths: tuple[str, ...], shown: int = 5) -> str:
+    """Return up to ``shown`` of ``paths`` joined, and how many more there are (pure)."""
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more

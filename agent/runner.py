@@ -9,135 +9,19 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from agent import envcapture, reuse, runinfo
-from agent.archive import make_archive, tree_signature
-from agent.context import RunContext
-from agent.fsutil import read_plain
-from agent.hosts.base import HostError, LaunchSpec, ProcStatus, RunRef
-from agent.names import CANCEL_NAMES
-from agent.runinfo import RunInfo
-from agent.schema import RunSettings
-from agent.settings import settings_from_table
+from agent.archive import tree_signature
+from agent.hosts.base import HostError, LaunchSpec, ProcStatus
+from agent.runrecord import RunRecord, Stopped, share_full
 
 # The launcher on the host ends a run at its limit; the agent steps in only this much
 # later (a launcher killed from outside, or a host clock far off).
 TIMEOUT_SLACK = 30.0
-RETRY_DELAY = 2.0
-RETRY_DELAY_MAX = 60.0
 
 
-def settings_from_info(info: RunInfo) -> RunSettings:
-    """Rebuild the typed run settings frozen into ``info.effective``. Raises InvalidFile."""
-    return settings_from_table(info.effective, "run.info")
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a run goes: the host, and the ids of the host's GPUs it holds."""
-
-    host: str
-    gpus: tuple[str, ...] = ()
-
-
-class Stopped(Exception):
-    """The agent is stopping; the run stays as it is, to be resumed later."""
-
-
-class RunDriver:
+class RunDriver(RunRecord):
     """Takes one run folder through its states on one host."""
-
-    def __init__(self, ctx: RunContext, run_dir: Path, placement: Placement | None = None) -> None:
-        """Load the run; ``placement`` is where the scheduler put it (default: its host)."""
-        self.ctx = ctx
-        self.run_dir = run_dir
-        self.info_path = run_dir / "run.info"
-        self.info = runinfo.load(self.info_path)
-        self.written = _peek(self.info_path)  # to notice edits made by someone else
-        self.settings = settings_from_info(self.info)
-        self.placement = placement or Placement(self.info.host or self.settings.host)
-        fresh_id = not self.info.run_id  # accepted by a version without run ids
-        if fresh_id:
-            self.info.run_id = runinfo.new_run_id()
-        assert self.info.run_id is not None
-        self.ref = RunRef(self.info.project, self.info.run, self.info.run_id)
-        if self.record_placement() or fresh_id:
-            self.save()
-        self.host = ctx.hosts[self.placement.host]
-        self.host_config = ctx.config.hosts[self.host.name]
-        self.project_dir = run_dir.parent.parent
-        self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
-        self.reason_before_full: str | None = None
-
-    # -- bookkeeping -------------------------------------------------------------------
-
-    def record_placement(self) -> bool:
-        """Put the chosen host (and group) and the run's GPUs into ``info``; return True if
-        that changed it."""
-        info, placement = self.info, self.placement
-        before = (info.host, info.group, info.gpus, info.gpu_ids)
-        if self.settings.host in self.ctx.config.groups:
-            info.group = self.settings.host
-        info.host = placement.host
-        if self.ctx.config.hosts[placement.host].gpus or placement.gpus:
-            info.gpus, info.gpu_ids = len(placement.gpus), list(placement.gpus)
-        return (info.host, info.group, info.gpus, info.gpu_ids) != before
-
-    def save(self) -> None:
-        """Write run.info atomically; say so in the log if someone else changed it."""
-        if _peek(self.info_path) != self.written:
-            self.ctx.log.warning(
-                "%s: run.info was changed or removed by someone else; the agent rewrites it "
-                "from its own record",
-                self.ref.label,
-            )
-        runinfo.save(self.info_path, self.info)
-        self.written = _peek(self.info_path)
-        self.ctx.on_change(self.run_dir)
-
-    def move(self, state: str, reason: str | None = None) -> None:
-        """Record a state change in run.info and the log."""
-        self.info.transition(state, reason)
-        self.save()
-        extra = f" ({reason})" if reason else ""
-        self.ctx.log.info("%s: %s%s", self.ref.label, state, extra)
-
-    def cancel_requested(self) -> bool:
-        """True if a person dropped a ``cancel`` (or ``cancel.txt``) file into the run folder."""
-        return any((self.run_dir / name).exists() for name in CANCEL_NAMES)
-
-    def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` or until woken (a cancel file); raise Stopped if the agent stops."""
-        event = self.ctx.wakeups.get(self.run_dir)
-        if event is None:
-            self.ctx.stop.wait(seconds)
-        elif not self.ctx.stop.is_set():
-            event.wait(seconds)
-            event.clear()
-        if self.ctx.stop.is_set():
-            raise Stopped
-
-    def end(
-        self,
-        state: str,
-        reason: str | None = None,
-        exit_code: int | None = None,
-        at: int | None = None,
-    ) -> None:
-        """Record the end time (``at``, default now) and move to the terminal ``state``."""
-        now = int(self.ctx.clock()) if at is None else at
-        self.info.end_epoch = now
-        self.info.end_time = runinfo.date_string(now)
-        if self.info.start_epoch is not None:
-            self.info.duration_s = now - self.info.start_epoch
-        if exit_code is not None:
-            self.info.exit_code = exit_code
-        reuse.drop_staged_code(self)
-        self.move(state, reason)
 
     # -- the phases --------------------------------------------------------------------
 
@@ -248,46 +132,6 @@ class RunDriver:
             self.info.reason = None  # the wait is over
         self.move(runinfo.RUNNING)
 
-    def archive(self) -> None:
-        """Write ``bin.tar.gz`` and its figures into run.info; whatever makes the archive
-        differ from the uploaded code is said in ``bin_note``.
-
-        Never fails the run (the script is already running).
-        """
-        if self.settings.code_from is not None:
-            reuse.archive_from_run(self)
-            return
-        bin_dir = (self.project_dir / "bin").resolve()
-        if not bin_dir.is_relative_to(self.ctx.config.share.resolve()):
-            # Swapped for a link out of the share since the upload: archiving it would
-            # copy files from outside the share into it.
-            self.note_bin("bin/ became a link out of the share after the upload: not archived")
-            return
-        try:
-            before = tree_signature(bin_dir, self.settings.exclude)
-            if before == self.uploaded_signature and reuse.link_unchanged_archive(self, before):
-                return
-            archive = make_archive(bin_dir, self.settings.exclude, self.run_dir / "bin.tar.gz")
-            after = tree_signature(bin_dir, self.settings.exclude)
-            moved_on = self.uploaded_signature != after
-        except OSError as exc:
-            self.note_bin(f"bin/ could not be archived: {exc}")
-            return
-        self.info.bin_files, self.info.bin_bytes = archive.files, archive.bytes
-        self.info.bin_sha256 = archive.sha256
-        notes = []
-        if archive.skipped:
-            notes.append(f"left out (gone or no longer a plain file): {_few(archive.skipped)}")
-        if archive.changed:
-            notes.append(f"changed while being archived: {_few(archive.changed)}")
-        if moved_on:
-            notes.append("bin/ changed after the upload (or the agent restarted in between)")
-        reuse.link_equal_archive(self, archive, None if notes else after)
-        if notes:
-            self.note_bin("; ".join(notes) + "; bin.tar.gz may differ from the code that runs")
-        else:
-            self.save()
-
     def note_bin(self, note: str) -> None:
         """Record in run.info (and the log) why bin.tar.gz is missing or differs."""
         self.info.bin_note = note
@@ -322,49 +166,6 @@ class RunDriver:
             timeout=s.timeout,
             kill_grace=self.ctx.config.kill_grace,
         )
-
-    def retry(self, step: Callable[[], Any], what: str, *, wait_for_space: bool = False) -> Any:
-        """Run ``step``, retrying transient HostErrors with backoff for up to wake_timeout.
-
-        With ``wait_for_space``, a full share is waited out for as long as it takes (the
-        reason is recorded in run.info meanwhile). Raises the last HostError (or OSError)
-        when it is permanent or the time is up; Stopped on stop.
-        """
-        deadline = self.ctx.clock() + self.host_config.wake_timeout
-        delay = RETRY_DELAY
-        while True:
-            try:
-                result = step()
-            except (HostError, OSError) as exc:
-                if wait_for_space and share_full(exc):
-                    self.note_share_full(exc)
-                elif (
-                    isinstance(exc, OSError)
-                    or not exc.transient
-                    or self.ctx.clock() + delay > deadline
-                ):
-                    raise
-                else:
-                    self.ctx.log.warning("%s: %s failed, retrying: %s", self.ref.label, what, exc)
-                self.sleep(delay)
-                delay = min(delay * 2, RETRY_DELAY_MAX)
-            else:
-                if self.reason_before_full is not None:
-                    self.info.reason = self.reason_before_full or None
-                    self.reason_before_full = None
-                    self.ctx.log.info("%s: the share has space again", self.ref.label)
-                return result
-
-    def note_share_full(self, exc: Exception) -> None:
-        """Record in run.info (if it still fits) that the share is full, and log it."""
-        if self.reason_before_full is None:
-            self.reason_before_full = self.info.reason or ""
-        self.info.reason = f"waiting for space on the share to finish the sync: {exc}"
-        self.ctx.log.warning("%s: %s", self.ref.label, self.info.reason)
-        try:
-            self.save()
-        except OSError as save_exc:
-            self.ctx.log.warning("%s: cannot update run.info: %s", self.ref.label, save_exc)
 
     def abandon(self) -> None:
         """The run folder was deleted by a person: stop the run on the host and forget it."""
@@ -408,7 +209,7 @@ class RunDriver:
     def watch(self) -> None:
         """Stream the log and mirror outputs until the process ends, times out or is cancelled."""
         if self.info.bin_sha256 is None:
-            self.archive()
+            reuse.archive_run(self)
         if self.info.environment is None:
             envcapture.capture(self, self.launch_spec().cuda_visible_devices)
         last_mirror = self.ctx.clock()
@@ -495,30 +296,6 @@ class RunDriver:
         self.save()
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
         self.end(self.info.outcome, self.info.reason, self.info.exit_code, self.info.end_epoch)
-
-
-def _peek(path: Path, limit: int = 1 << 20) -> bytes | None:
-    """Return up to ``limit`` bytes of the plain file ``path``, None if there is none, and
-    b"" for anything else (a link, a FIFO someone put there): never blocks or follows."""
-    try:
-        return read_plain(path, limit)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return b""
-
-
-def _few(paths: tuple[str, ...], shown: int = 5) -> str:
-    """Return up to ``shown`` of ``paths`` joined, and how many more there are (pure)."""
-    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
-    return ", ".join(paths[:shown]) + more
-
-
-def share_full(exc: BaseException) -> bool:
-    """Return True if ``exc`` says a disk on the agent's side is full (pure)."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
 
 
 def outcome_of(status: ProcStatus) -> tuple[str, str | None]:

@@ -18,7 +18,8 @@ from pathlib import Path
 from agent import runinfo
 from agent.context import RunContext
 from agent.problems import UserError
-from agent.runner import Placement, RunDriver, settings_from_info
+from agent.runner import RunDriver
+from agent.runrecord import Placement, settings_from_info
 from agent.schema import HostConfig
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 from agent import runinfo, share
 from agent.context import RunContext
 from agent.hosts.kinds import HostEnv, Kinds, open_host
+from agent.hosts.sync import LocalRsync
 from agent.names import is_request_name
 from agent.notify import Notifier
 from agent.problems import UserError
 from agent.publish import Publisher
 from agent.scheduler import Scheduler
 from agent.schema import AgentConfig
-from agent.sync import LocalRsync
 from agent.watcher import Hint, Watcher, WatchLimitError, open_watcher
 
 TICK = 0.5  # s: the longest the main loop sleeps (it notices a stop this fast)

@@ -34,7 +34,6 @@ from agent.settings import (
 
 RUN_DIR_RE = re.compile(r"^run_(\d+)$")
 COUNTER_NAME = ".next_run"
-_TYPE_NAMES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device"}
 RICH_TEXT_PROBLEM = (
     "{name} is a rich-text document (TextEdit, Word or Pages), not plain text: save it as "
     'plain text (TextEdit: Format > Make Plain Text; Word: "Plain Text (.txt)") and name it '

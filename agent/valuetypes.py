@@ -26,7 +26,7 @@ MAX_DURATION = 366 * 86400
 CONDA_ENV_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
+_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}")
 # ssh words: never starting with "-", so that they cannot be read as an option. An
 # address is an IP address (parsed by ipaddress) or a host name matching this.
 _HOST_NAME_ADDRESS_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -172,7 +172,7 @@ def _remote_path(value: object, _context: Context) -> str:
         raise _fail(value, f"{expected}, not empty")
     if not text.isprintable():
         raise _fail(value, f"{expected}, without line breaks or control characters")
-    if not (text.startswith("/") or text == "~" or text.startswith("~/")):
+    if not (text.startswith("/") or under_home(text) is not None):
         raise _fail(value, expected)
     return text
 
@@ -278,11 +278,26 @@ def _amount(value: object, _context: Context) -> float:
     return value
 
 
+def parse_mac(text: str) -> bytes:
+    """Return the 6 bytes of a MAC address written ``aa:bb:cc:dd:ee:ff``, ``aa-bb-...`` or
+    ``aabbccddeeff``. Raises ValueError for anything else."""
+    if not _MAC_RE.fullmatch(text.strip()):
+        raise ValueError(f"not a MAC address: {text!r} (expected like aa:bb:cc:dd:ee:ff)")
+    return bytes.fromhex(text.strip().replace(":", "").replace("-", ""))
+
+
+def under_home(path: str) -> str | None:
+    """Return the part of ``path`` after ``~`` if it is ``~`` or starts with ``~/`` (``""``
+    or ``"/..."``), else None: the one rule for paths in the home folder of a host's user."""
+    return path[1:] if path == "~" or path.startswith("~/") else None
+
+
 def _mac(value: object, _context: Context) -> str:
     text = _plain_string(value, 'a MAC address like "aa:bb:cc:dd:ee:ff"', MAX_NAME)
-    if not _MAC_RE.fullmatch(text):
-        raise _fail(value, 'a MAC address like "aa:bb:cc:dd:ee:ff"')
-    return text.replace("-", ":").lower()
+    try:
+        return ":".join(f"{byte:02x}" for byte in parse_mac(text))
+    except ValueError:
+        raise _fail(value, 'a MAC address like "aa:bb:cc:dd:ee:ff"') from None
 
 
 def choice(*options: str) -> Callable[[object, Context], str]:
@@ -322,7 +337,6 @@ def between(low: int, high: int, what: str) -> Callable[[Any, Context], None]:
     return check
 
 
-STRING = ValueType("string", _string(MAX_STRING))
 NAME = ValueType("string", _string(MAX_NAME, one_line=True))
 TEXT = ValueType("string", _string(MAX_NOTES))
 COMMAND = ValueType("string (a shell line on the server)", _string(MAX_STRING, empty_ok=False))

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from agent.durations import format_duration, parse_duration
 from agent.hosts.base import LaunchSpec
 from agent.hosts.kinds.ssh import SshConfig
+from agent.hosts.launcher import make_launcher
 from agent.hosts.sshargs import make_remote_command, make_rsync_target, make_ssh_argv
-from agent.launcher import make_launcher
+from agent.hosts.sync import make_pull_argv, make_upload_argv
 from agent.problems import InvalidFile
 from agent.schema import RUN_FIELDS
 from agent.settings import parse_request
-from agent.sync import make_pull_argv, make_upload_argv
 from agent.valuetypes import MAX_DURATION
 
 HOSTS = frozenset({"local", "gpu1"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.hosts.base import LaunchSpec
-from agent.launcher import make_launcher
+from agent.hosts.launcher import make_launcher
 
 NASTY = [
     "plain",

@@ -16,8 +16,9 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from agent import notify, runinfo
+from agent.agentfile import load_agent_config
 from agent.problems import InvalidFile
-from agent.settings import load_agent_config, read_project_layer
+from agent.settings import read_project_layer
 
 from shares import drop, make_project, run_once, write_config
 from testbed import free_port

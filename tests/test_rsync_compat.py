@@ -16,7 +16,7 @@ import pytest
 import tomlkit
 
 from agent import runinfo
-from agent.sync import parse_version
+from agent.hosts.sync import parse_version
 
 from shares import (
     NASTY_PROJECT_NAMES,

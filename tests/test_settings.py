@@ -10,7 +10,7 @@ import tomlkit
 
 from agent.agentfile import load_agent_config
 from agent.problems import InvalidFile
-from agent.schema import AGENT_FIELDS, HOST_FIELDS, RUN_FIELDS, AgentConfig, HostConfig, RunSettings
+from agent.schema import HostConfig, RunSettings
 from agent.settings import (
     Effective,
     merge,
@@ -18,32 +18,12 @@ from agent.settings import (
     read_project_layer,
     settings_from_table,
 )
-from agent.valuetypes import Context
 
 
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
-
-
-def test_built_in_defaults_come_from_the_schema():
-    built_in = RunSettings()
-    for spec in RUN_FIELDS:
-        expected = None if spec.default is None else spec.convert(spec.default, Context())
-        assert getattr(built_in, spec.name) == expected, spec.name
-
-
-def test_host_and_agent_defaults_match_the_dataclasses(tmp_path):
-    host = HostConfig(name="x")
-    for spec in HOST_FIELDS:
-        expected = None if spec.default is None else spec.convert(spec.default, Context())
-        assert getattr(host, spec.name) == expected, spec.name
-    agent_defaults = {f.name: f.default for f in dataclasses.fields(AgentConfig)}
-    for spec in AGENT_FIELDS:
-        if spec.name in ("share", "state_dir"):
-            continue
-        assert spec.convert(spec.default, Context()) == agent_defaults[spec.name], spec.name
 
 
 def test_each_layer_overrides_the_one_below_and_sources_say_which():
@@ -72,6 +52,7 @@ def test_each_layer_overrides_the_one_below_and_sources_say_which():
         "code_from": "built-in",
         "resume_from": "built-in",
         "client": "project",
+        "gpus": "built-in",
     }
 
 

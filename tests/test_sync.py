@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.hosts.base import HostError, HostKeyError
-from agent.sync import (
+from agent.hosts.sync import (
     LocalRsync,
     RsyncStats,
     RsyncVersions,

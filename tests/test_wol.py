@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from agent.wol import make_magic_packet, parse_mac, send_magic_packet
+from agent.hosts.wol import make_magic_packet, parse_mac, send_magic_packet
 
 MAC = bytes([0x00, 0x11, 0x22, 0xAA, 0xBB, 0xCC])
 

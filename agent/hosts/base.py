@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from agent.sync import RsyncVersions
+    from agent.hosts.sync import RsyncVersions
 
 
 class HostError(Exception):

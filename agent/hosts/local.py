@@ -7,11 +7,11 @@ import subprocess
 from collections.abc import Sequence
 
 from agent.hosts.base import HostError
-from agent.transport import CommandResult
+from agent.hosts.transport import CommandResult
 
 
 class LocalTransport:
-    """:class:`agent.transport.Transport` for this machine: subprocess, plain paths."""
+    """:class:`agent.hosts.transport.Transport` for this machine: subprocess, plain paths."""
 
     def run(
         self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = 60.0

@@ -31,6 +31,7 @@ from agent.hosts.base import (
     RunRef,
     Uploaded,
 )
+from agent.hosts.launcher import CONDA_SH_PLACES, make_launcher, procs_text
 from agent.hosts.mirror import (
     Listing,
     ensure_staging,
@@ -39,9 +40,7 @@ from agent.hosts.mirror import (
     parse_listing,
     publish_settled,
 )
-from agent.launcher import CONDA_SH_PLACES, make_launcher, procs_text
-from agent.schema import HostConfig
-from agent.sync import (
+from agent.hosts.sync import (
     LocalRsync,
     RsyncVersions,
     make_pull_argv,
@@ -51,7 +50,9 @@ from agent.sync import (
     parse_version,
     run_rsync,
 )
-from agent.transport import CommandResult, Transport
+from agent.hosts.transport import CommandResult, Transport
+from agent.schema import HostConfig
+from agent.valuetypes import under_home
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,12 @@ class ShellHost:
     # -- paths -------------------------------------------------------------------------
 
     def _remote_root(self) -> str:
+        """Return this share's folder in ``remote_root`` on the host, ``~`` expanded."""
         if self._root is None:
             root = self.config.remote_root
-            if root == "~" or root.startswith("~/"):
-                root = self.transport.home().rstrip("/") + root[1:]
+            rest = under_home(root)
+            if rest is not None:
+                root = self.transport.home().rstrip("/") + rest
             self._root = posixpath.normpath(posixpath.join(root, self.share_id))
         return self._root
 
@@ -211,7 +214,7 @@ class ShellHost:
         """Send a Wake-on-LAN packet if the host has ``wake_mac``; otherwise do nothing."""
         if not self.config.wake_mac:
             return
-        from agent.wol import send_magic_packet
+        from agent.hosts.wol import send_magic_packet
 
         try:
             send_magic_packet(

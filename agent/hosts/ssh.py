@@ -32,7 +32,7 @@ from agent.hosts.sshargs import (
     make_ssh_argv,
     with_ssh_defaults,
 )
-from agent.transport import CommandResult
+from agent.hosts.transport import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class _RejectUnknownHost(paramiko.RejectPolicy):
 
 
 class SshTransport:
-    """:class:`agent.transport.Transport` over ssh for one configured host.
+    """:class:`agent.hosts.transport.Transport` over ssh for one configured host.
 
     ``state_dir`` is the agent's state directory (the ssh control sockets live below it).
     Nothing connects until the first command. Safe to use from several threads.

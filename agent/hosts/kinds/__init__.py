@@ -21,7 +21,7 @@ from agent.hosts.base import Host
 from agent.schema import Field, HostConfig, schema_fields
 
 if TYPE_CHECKING:
-    from agent.sync import LocalRsync
+    from agent.hosts.sync import LocalRsync
 
 
 @dataclass(frozen=True)

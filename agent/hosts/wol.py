@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import socket
 
-_MAC = re.compile(r"[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}")
-
-
-def parse_mac(mac: str) -> bytes:
-    """Return the 6 bytes of ``mac`` (``aa:bb:cc:dd:ee:ff``, ``aa-bb-...`` or ``aabbccddeeff``).
-
-    Raises ValueError for anything else.
-    """
-    text = mac.strip()
-    if not _MAC.fullmatch(text):
-        raise ValueError(f"not a MAC address: {mac!r} (expected like aa:bb:cc:dd:ee:ff)")
-    return bytes.fromhex(text.replace(":", "").replace("-", ""))
+from agent.valuetypes import parse_mac
 
 
 def make_magic_packet(mac: str) -> bytes:
