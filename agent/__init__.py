@@ -1,6 +1,6 @@
 """droprun: drop a run.request on a NAS share, train on a GPU server, file the results.
 
-The modules follow the data flow (docs/design.md and the README's map of the code):
+The modules follow the data flow (docs/design.md §6 and the README's map of the code):
 
 - ``tomlsrc``, ``valuetypes``, ``schema``, ``settings``, ``agentfile``: settings files
   -> validated run settings and agent config
