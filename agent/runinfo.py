@@ -138,6 +138,14 @@ class RunInfo:
     notify: dict[str, str] = field(default_factory=dict)  # event -> what became of its notice
     history: list[dict[str, str]] = field(default_factory=list)
 
+    def entered(self, state: str) -> float | None:
+        """Return when the run last moved to ``state`` (epoch seconds), or None if it never
+        did (from ``[[history]]``)."""
+        for entry in reversed(self.history):
+            if entry.get("state") == state:
+                return datetime.fromisoformat(entry["at"]).timestamp()
+        return None
+
     @property
     def terminal(self) -> bool:
         """True once the run has reached one of the five terminal states."""

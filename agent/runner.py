@@ -111,21 +111,20 @@ class RunDriver(RunRecord):
         if not reuse.seed_output(self):  # resume_from: output_dir filled before the start
             return
         spec = self.launch_spec()
-        handed = int(self.ctx.clock())
         launched = self.retry(lambda: self.host.launch(self.ref, spec), "launch")
         self.info.job_id, self.info.remote_pid = launched.job_id, launched.pid
         self.info.gpu_names = self.read_gpu_names(spec.cuda_visible_devices)
         if launched.start_epoch is None:  # the host queued it: the clock has not started
-            self.info.queued_s = handed  # when it was handed over, until it starts
             self.move(runinfo.PENDING, f"waiting for resources on {self.host.name}")
-        else:  # started at once: no time queued on the host
-            self.started(launched.start_epoch, launched.start_epoch)
+        else:
+            self.started(launched.start_epoch)
 
-    def started(self, start: int, handed: int | None = None) -> None:
+    def started(self, start: int) -> None:
         """Record that the script started at ``start`` (the host's clock) and move to
-        ``running``; the time since the run was ``handed`` to the host is ``queued_s``."""
-        handed = handed if handed is not None else self.info.queued_s
-        self.info.queued_s = max(0, start - handed) if handed is not None else 0
+        ``running``. ``queued_s`` is the time since the move to ``pending`` (0 if the host
+        started it at once)."""
+        handed = self.info.entered(runinfo.PENDING)
+        self.info.queued_s = max(0, start - int(handed)) if handed is not None else 0
         self.info.start_epoch = start
         self.info.start_time = runinfo.date_string(start)
         if self.info.state == runinfo.PENDING:

@@ -66,3 +66,14 @@ def test_summary_reads_the_top_level_keys_only(tmp_path):
     runinfo.save(path, plain)
     summary = runinfo.load(path, summary=True)
     assert summary.exit_code == 0 and summary.effective == {}
+
+
+def test_entered_says_when_the_run_last_moved_to_a_state():
+    info = runinfo.RunInfo(project="p", run=0)
+    assert info.entered(runinfo.PENDING) is None
+    info.history = [
+        {"state": "pending", "at": "2026-01-01T00:00:00+00:00"},
+        {"state": "running", "at": "2026-01-01T00:05:00+00:00"},
+        {"state": "pending", "at": "2026-01-01T01:00:00+00:00"},
+    ]
+    assert info.entered(runinfo.PENDING) == 1767229200.0
