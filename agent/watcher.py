@@ -3,12 +3,13 @@
 Events are only hints: the intake confirms every request by its size and mtime, and a full
 rescan catches anything missed. Two kinds of watcher:
 
-- :class:`InotifyWatcher`: one inotify instance (watchdog's ``InotifyFD``, one reader
-  thread) with one watch on the share root, one on each project folder (never recursive:
+- :class:`InotifyWatcher`: one inotify instance (``inotify_simple``, read by one thread of
+  ours) with one watch on the share root, one on each project folder (never recursive:
   ``results/`` and ``bin/`` would eat the kernel's watch budget) and one on each run in
-  flight (a ``cancel`` file wakes its driver). watchdog's ``Observer`` would start one
-  emitter thread and one inotify instance per folder: 1,000 projects would be 1,000
-  threads and hit the default limit of 128 inotify instances per user.
+  flight (a ``cancel`` file wakes its driver). watchdog's public API cannot share one
+  instance between folders: each ``Observer.schedule`` opens its own inotify instance and
+  emitter thread, so 1,000 projects would be 1,000 threads and hit the default limit of
+  128 inotify instances per user.
 - :class:`PollWatcher`: watchdog's polling observer with a single emitter that lists only
   the share root and the files directly in each project folder, for network mounts where
   inotify sees nothing.
@@ -20,20 +21,16 @@ import errno
 import logging
 import os
 import queue
+import select
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from inotify_simple import INotify
+from inotify_simple import flags as F
 from watchdog.events import FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
-from watchdog.observers.inotify_c import (
-    CallbackId,
-    InotifyConstants,
-    InotifyEvent,
-    InotifyFD,
-    WatchDescriptor,
-)
 from watchdog.observers.polling import PollingObserverVFS
 
 from agent.names import is_cancel_name, is_project_name, is_request_name
@@ -41,6 +38,22 @@ from agent.names import is_cancel_name, is_project_name, is_request_name
 HintKind = Literal["request", "project", "project_gone", "cancel", "rescan"]
 POLL_INTERVAL = 1.0
 LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
+STOP_TIMEOUT = 5.0
+
+_MASKS = {
+    "share": F.CREATE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.ONLYDIR,
+    "project": F.CREATE
+    | F.OPEN
+    | F.CLOSE_NOWRITE
+    | F.MODIFY
+    | F.ATTRIB
+    | F.CLOSE_WRITE
+    | F.MOVED_TO
+    | F.MOVED_FROM
+    | F.DELETE
+    | F.ONLYDIR,
+    "run": F.CREATE | F.MOVED_TO | F.ONLYDIR,
+}
 
 
 @dataclass(frozen=True)
@@ -89,72 +102,63 @@ class InotifyWatcher:
     """Every watch on one inotify instance read by one thread."""
 
     def __init__(self, share: Path, hints: queue.SimpleQueue[Hint]) -> None:
-        C = InotifyConstants
         self.share = share
         self.hints = hints
-        self._fd: InotifyFD | None = None
+        self._inotify: INotify | None = None
+        self._reader: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None  # a pipe that tells the reader to end
+        # kind of folder -> path -> wd; wd -> (kind, path). The reader thread reads the
+        # second map, the agent's main thread changes both, holding the lock around each
+        # add_watch so that no event arrives for a wd the maps do not know yet.
         self._lock = threading.Lock()
-        # kind of folder -> path -> (wd, callback id); wd -> (kind, path). The reader thread
-        # reads the second map, the agent's main thread changes both.
-        self._by_path: dict[str, dict[Path, tuple[WatchDescriptor, CallbackId]]] = {
-            "share": {},
-            "project": {},
-            "run": {},
-        }
-        self._by_wd: dict[WatchDescriptor, tuple[str, Path]] = {}
-        self._next_id = 0
-        self._masks = {
-            "share": C.IN_CREATE | C.IN_MOVED_TO | C.IN_MOVED_FROM | C.IN_DELETE | C.IN_ONLYDIR,
-            "project": C.IN_CREATE
-            | C.IN_OPEN
-            | C.IN_CLOSE_NOWRITE
-            | C.IN_MODIFY
-            | C.IN_ATTRIB
-            | C.IN_CLOSE_WRITE
-            | C.IN_MOVED_TO
-            | C.IN_MOVED_FROM
-            | C.IN_DELETE
-            | C.IN_ONLYDIR,
-            "run": C.IN_CREATE | C.IN_MOVED_TO | C.IN_ONLYDIR,
-        }
+        self._by_path: dict[str, dict[Path, int]] = {"share": {}, "project": {}, "run": {}}
+        self._by_wd: dict[int, tuple[str, Path]] = {}
 
     def start(self) -> None:
         """Open the inotify instance and watch the share root. Raises WatchLimitError."""
         try:
-            self._fd = InotifyFD()
+            self._inotify = INotify()
         except OSError as exc:
             raise _limit_or_raise(exc) from exc
-        self._fd.daemon = True
-        self._fd.start()
+        self._wake = os.pipe()
+        self._reader = threading.Thread(
+            target=self._read_events,
+            args=(self._inotify, self._wake[0]),
+            name="droprun-inotify",
+            daemon=True,
+        )
+        self._reader.start()
         self._add("share", self.share)
 
     def _add(self, kind: str, path: Path) -> None:
         """Watch ``path``; a folder that vanished meanwhile is left out. Raises WatchLimitError."""
-        assert self._fd is not None
+        assert self._inotify is not None
         with self._lock:
             if path in self._by_path[kind]:
                 return
-            self._next_id += 1
-            cid = self._next_id
-        try:
-            wd = self._fd.add_callback(os.fsencode(path), self._masks[kind], self, CallbackId(cid))
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return
-            raise _limit_or_raise(exc) from exc
-        with self._lock:
-            self._by_path[kind][path] = (wd, cid)
+            try:
+                wd: int = self._inotify.add_watch(path, _MASKS[kind])
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return
+                raise _limit_or_raise(exc) from exc
+            self._by_path[kind][path] = wd
             self._by_wd[wd] = (kind, path)
 
     def _remove(self, kind: str, path: Path) -> None:
-        """Stop watching ``path`` (no-op if it is not watched)."""
-        assert self._fd is not None
+        """Stop watching ``path`` (no-op if it is not watched or its folder is gone)."""
+        assert self._inotify is not None
         with self._lock:
-            entry = self._by_path[kind].pop(path, None)
-            if entry is None:
+            wd = self._by_path[kind].pop(path, None)
+            if wd is None:
                 return
-            self._by_wd.pop(entry[0], None)
-        self._fd.remove_callbacks([entry])
+            self._by_wd.pop(wd, None)
+            try:
+                self._inotify.rm_watch(wd)
+            except OSError as exc:
+                # EINVAL: the kernel dropped the watch already (its folder was deleted).
+                if exc.errno != errno.EINVAL:
+                    raise
 
     def _sync(self, kind: str, paths: Iterable[Path]) -> None:
         """Make the watched folders of ``kind`` exactly ``paths``. Raises WatchLimitError."""
@@ -176,50 +180,65 @@ class InotifyWatcher:
         """Watch exactly ``run_dirs`` for a ``cancel`` file. Raises WatchLimitError."""
         self._sync("run", run_dirs)
 
-    def watched(self) -> int:
-        """Return how many folders are watched."""
-        with self._lock:
-            return sum(len(paths) for paths in self._by_path.values())
-
     def stop(self) -> None:
-        """Close the inotify instance (its reader thread ends)."""
-        if self._fd is not None:
-            self._fd.stop()
-            self._fd = None
+        """End the reader thread and close the inotify instance (which drops every watch)."""
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")
+        if self._reader is not None:
+            self._reader.join(timeout=STOP_TIMEOUT)
+            self._reader = None
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        if self._wake is not None:
+            os.close(self._wake[0])
+            os.close(self._wake[1])
+            self._wake = None
 
-    # -- called by InotifyFD's reader thread ------------------------------------------------
+    # -- the reader thread -----------------------------------------------------------------
 
-    def on_event(self, event: InotifyEvent) -> None:
+    def _read_events(self, inotify: INotify, wake: int) -> None:
+        """Turn events into hints until ``wake`` becomes readable."""
+        poller = select.poll()
+        poller.register(inotify.fileno(), select.POLLIN)
+        poller.register(wake, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if wake in ready:
+                return
+            for event in inotify.read(timeout=0):
+                self._on_event(event.wd, event.mask, event.name)
+
+    def _on_event(self, wd: int, mask: int, name: str) -> None:
         """Turn one inotify event into a hint (cheap: no file system access)."""
-        with self._lock:
-            kind, folder = self._by_wd.get(event.wd, ("", None))
-        if folder is None or not event.name:
+        if mask & F.Q_OVERFLOW:
+            self.hints.put(Hint("rescan", self.share))  # events were lost
             return
-        name = os.fsdecode(event.name)
+        with self._lock:
+            if mask & F.IGNORED:
+                # The watch is gone (its folder was deleted, or we removed it): forget it;
+                # the next rescan settles the rest. The kernel does not reuse a wd soon.
+                kind, folder = self._by_wd.pop(wd, ("", None))
+                if folder is not None:
+                    self._by_path[kind].pop(folder, None)
+                return
+            kind, folder = self._by_wd.get(wd, ("", None))
+        if folder is None or not name:
+            return
         path = folder / name
-        if kind == "share" and event.is_directory and is_project_name(name):
-            gone = event.is_delete or event.is_moved_from
+        is_dir = bool(mask & F.ISDIR)
+        if kind == "share" and is_dir and is_project_name(name):
+            gone = bool(mask & (F.DELETE | F.MOVED_FROM))
             self.hints.put(Hint("project_gone" if gone else "project", path))
-        elif kind == "project" and not event.is_directory and is_request_name(name):
+        elif kind == "project" and not is_dir and is_request_name(name):
             writing: bool | None = None
-            if event.is_open:
+            if mask & F.OPEN:
                 writing = True
-            elif event.is_close_write or event.is_close_nowrite:
+            elif mask & (F.CLOSE_WRITE | F.CLOSE_NOWRITE):
                 writing = False
             self.hints.put(Hint("request", path, writing))
         elif kind == "run" and is_cancel_name(name):
             self.hints.put(Hint("cancel", folder))
-
-    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
-        """Forget a watch whose folder was deleted; the next rescan settles the rest."""
-        with self._lock:
-            kind, path = self._by_wd.pop(wd, ("", None))
-            if path is not None:
-                self._by_path[kind].pop(path, None)
-
-    def on_queue_overflow(self) -> None:
-        """Events were lost: ask for a full rescan."""
-        self.hints.put(Hint("rescan", self.share))
 
 
 def _limit_or_raise(exc: OSError) -> OSError:

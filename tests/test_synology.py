@@ -156,7 +156,7 @@ def test_package_tgz_carries_droprun_and_wheels_for_this_arch(spk_v1: Path) -> N
         wheels = [n.removeprefix("wheels/") for n in tar.getnames() if n.endswith(".whl")]
         assert "share/make_config.py" in tar.getnames()
     assert any(w.startswith(f"droprun-{VERSION}-") for w in wheels)
-    for dist_name in (*COMPILED, "paramiko", "tomlkit", "watchdog", "sh"):
+    for dist_name in (*COMPILED, "paramiko", "tomlkit", "watchdog", "inotify_simple", "sh"):
         assert any(w.lower().startswith(dist_name + "-") for w in wheels), dist_name
     for wheel in wheels:
         platform_tag = wheel.removesuffix(".whl").split("-")[-1]
