@@ -82,7 +82,7 @@ def _class_to_regex(pattern: str, start: int) -> tuple[str, int]:
     i = start + 1
     negate = i < len(pattern) and pattern[i] in "!^"
     i += negate
-    items = []
+    items: list[str] = []
     first = True
     while i < len(pattern):
         ch = pattern[i]
@@ -289,7 +289,7 @@ def _add_file(tar: tarfile.TarFile, parent: int, name: str, arcname: str) -> _Ad
             return None
         info = _tarinfo(arcname, before)
         reader = _SizedReader(fd, info.size)
-        tar.addfile(info, fileobj=reader)  # type: ignore[arg-type]
+        tar.addfile(info, fileobj=reader)
         after = os.fstat(fd)
         grew = os.read(fd, 1) != b""
     finally:

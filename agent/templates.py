@@ -32,7 +32,8 @@ def _toml(value: Any) -> str:
         table = tomlkit.inline_table()
         table.update(value)
         return table.as_string()
-    return tomlkit.item(value).as_string()
+    text: str = tomlkit.item(value).as_string()
+    return text
 
 
 def _field_lines(spec: Field, *, value: Any = None, active: bool = False) -> list[str]:

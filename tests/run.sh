@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (Debian/Ubuntu packages, a venv with droprun and its test
-# tools) and runs the whole suite: lint, format check, the oldest-dependencies tests and
+# tools) and runs the whole suite: lint, format check, mypy, the oldest-dependencies tests and
 # pytest. Run as root (or with sudo): the tests start sshd, smbd and network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ venv=${VENV:-.venv}
 
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+"$venv/bin/mypy" # files and settings: [tool.mypy] in pyproject.toml
 
 # The whole suite (no arguments) also proves pyproject's lower bounds: a second venv gets
 # exactly the oldest declared version of each dependency (tests/mindeps.py reads them) and

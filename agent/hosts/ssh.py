@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import paramiko
 
@@ -62,7 +63,7 @@ class _RejectUnknownHost(paramiko.RejectPolicy):
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
+    ) -> NoReturn:
         """Raise _UnknownHostKey naming the host and the key it offered."""
         raise _UnknownHostKey(f"{hostname} offered {key.get_name()} {key.fingerprint}")
 
