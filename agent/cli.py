@@ -17,6 +17,12 @@ from agent.problems import UserError
 from agent.schema import AgentConfig
 
 DEFAULT_CONFIG = "/etc/droprun/droprun.toml"
+# --help prints these as they are: plain text, not the reStructuredText of docstrings.
+DESCRIPTION = (
+    "Drop a run.request file on a NAS share; droprun trains it on a GPU server and files "
+    "the results."
+)
+EPILOG = "exit codes: 0 ok, 1 a problem with your files or settings (explained), 2 bad usage"
 
 
 def config_path(given: str | None) -> Path:
@@ -303,7 +309,7 @@ def cmd_demo(opts: argparse.Namespace) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     """Return the argument parser for every ``droprun`` command."""
-    parser = argparse.ArgumentParser(prog="droprun", description=__doc__)
+    parser = argparse.ArgumentParser(prog="droprun", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"droprun {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+
+import pytest
+
+from agent.cli import make_parser
 
 from shares import make_project, write_config
 
@@ -20,6 +25,28 @@ def droprun(*args, check_code: int | None = 0, **kw) -> subprocess.CompletedProc
 
 def test_usage_error_exits_2():
     assert droprun("frobnicate", check_code=None).returncode == 2
+
+
+# reStructuredText that docstrings use and a terminal shows as noise: ``x``, :func:`x`, `x`_
+RST_MARKUP = re.compile(r"``|:[a-z]+:`|`_")
+COMMANDS = ("agent", "validate", "init", "status", "tail", "cancel", "submit", "demo")
+
+
+def test_help_is_plain_text():
+    result = droprun("--help")
+    assert "Drop a run.request file on a NAS share" in result.stdout
+    assert "exit codes:" in result.stdout
+    assert not RST_MARKUP.search(result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_commands_help_is_plain_text(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        make_parser().parse_args([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: droprun {command}")
+    assert not RST_MARKUP.search(out), out
 
 
 def test_validate_reports_every_problem_and_exits_1(tmp_path):
