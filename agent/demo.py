@@ -26,6 +26,20 @@ def example_share() -> Path:
     raise FileNotFoundError("the example share is missing from this installation")
 
 
+def copy_example_share(dest: Path, source: Path | None = None) -> None:
+    """Copy the example share (``source``, default :func:`example_share`) to ``dest``.
+
+    Bytecode is left out: pip compiles the installed example's ``bin/*.py`` into
+    ``__pycache__/``, which is no part of the example project.
+    """
+    shutil.copytree(
+        source or example_share(),
+        dest,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+
+
 def tree(root: Path, prefix: str = "") -> list[str]:
     """Return the lines of a small ``tree``-style listing of ``root``."""
     lines = []
@@ -66,7 +80,7 @@ def run_demo(where: Path | None = None) -> int:
     root = where or Path(tempfile.mkdtemp(prefix="droprun-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     share = root / "share"
-    shutil.copytree(example_share(), share, symlinks=True)
+    copy_example_share(share)
     project = share / EXAMPLE_PROJECT
     config = load_agent_config(write_config(root))
     shutil.copyfile(project / "run.request.example", project / "run.request")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from agent.cli import make_parser
+from agent.demo import copy_example_share, example_share
 
 from shares import make_project, write_config
 
@@ -100,6 +103,23 @@ def test_demo_runs_the_example_to_success(tmp_path):
     points = page.split('<polyline data-series="loss" points="')[1].split('"')[0].split()
     assert len(points) == 8
     assert "index.html" in result.stdout
+    assert not list((tmp_path / "demo" / "share").rglob("__pycache__"))
+
+
+def test_the_demo_copies_no_bytecode_of_the_installed_example(tmp_path):
+    # pip compiles the installed example's bin/*.py; the copy must not carry that along.
+    installed = tmp_path / "installed"
+    shutil.copytree(example_share(), installed)
+    assert compileall.compile_dir(installed, quiet=1)
+    assert list(installed.rglob("__pycache__/*.pyc"))
+    copy_example_share(tmp_path / "share", installed)
+    copied = sorted(p.relative_to(tmp_path / "share") for p in (tmp_path / "share").rglob("*"))
+    assert copied == sorted(
+        p.relative_to(installed)
+        for p in installed.rglob("*")
+        if "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
+    assert (tmp_path / "share" / "tiny-regression" / "bin" / "train.py").is_file()
 
 
 def test_a_second_agent_on_the_same_share_is_refused(tmp_path):
