@@ -30,3 +30,38 @@ def test_bench_smoke_prints_every_scenario(tmp_path):
     for row in data["rows"]:
         assert row["droprun"] >= 0
         assert row["ratio"] is None or row["ratio"] >= 0
+
+
+BLOCK_TEST_EXTRAS = "import sys\nsys.modules['pytest'] = sys.modules['hypothesis'] = None\n"
+
+
+def test_bench_and_its_test_bed_need_no_test_extras():
+    # A plain `pip install droprun` has no pytest: `python -m bench` must still run there.
+    code = BLOCK_TEST_EXTRAS + (
+        "import bench.__main__, bench.runs, bench.sharescale, bench.sshstart, bench.transfer\n"
+        "from bench.tools import testbed\n"
+        "bed = testbed()\n"
+        "try:\n"
+        "    bed.require_tool('droprun-no-such-tool')\n"
+        "except bed.TestbedError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "droprun-no-such-tool is not installed; install it with: apt-get" in done.stdout
+    help_code = BLOCK_TEST_EXTRAS + (
+        "sys.argv = ['bench', '--help']\n"
+        "import runpy\n"
+        "runpy.run_module('bench', run_name='__main__')\n"
+    )
+    help_ = subprocess.run(
+        [sys.executable, "-c", help_code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert help_.returncode == 0, help_.stderr
+    assert help_.stdout.startswith("usage: python -m bench")

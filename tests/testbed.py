@@ -17,14 +17,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import pytest
+from typing import Any, NoReturn
 
 from agent.hosts.kinds.ssh import SshConfig
 
@@ -38,12 +37,28 @@ START_DEADLINE = 10.0
 USER_LOCK = Path("/tmp/droprun-testbed-user.lock")
 
 
+class TestbedError(RuntimeError):
+    """A server of the test bed could not be set up (outside pytest: in the benchmarks)."""
+
+
+def fail(message: str, *, pytrace: bool = True) -> NoReturn:
+    """Fail the test with ``message``; outside pytest, raise TestbedError.
+
+    pytest is used only if it is loaded already: the benchmarks (bench/) use this test bed
+    too, and run where only droprun itself is installed.
+    """
+    pytest = sys.modules.get("pytest")
+    if pytest is not None:
+        pytest.fail(message, pytrace=pytrace)
+    raise TestbedError(message)
+
+
 def require_tool(name: str) -> str:
     """Return the absolute path of the program ``name``; fail the test if it is missing."""
     for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/sbin/{name}"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    pytest.fail(f"{name} is not installed; install it with: {INSTALL_HINT}", pytrace=False)
+    fail(f"{name} is not installed; install it with: {INSTALL_HINT}", pytrace=False)
 
 
 def busybox_userland(folder: Path) -> Path:
@@ -87,14 +102,14 @@ def wait_listening(
     deadline = time.monotonic() + START_DEADLINE
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+            fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(1.0)
             if s.connect_ex((address, port)) == 0:
                 return
         time.sleep(0.02)
     stop_process(proc)
-    pytest.fail(f"{what} did not listen on {address}:{port}:\n{log.read_text(errors='replace')}")
+    fail(f"{what} did not listen on {address}:{port}:\n{log.read_text(errors='replace')}")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -133,7 +148,7 @@ def run_checked(argv: list[str], stdin: bytes | None = None) -> str:
     """Run a setup command; fail the test with its output if it exits non-zero."""
     proc = subprocess.run(argv, input=stdin, capture_output=True, check=False)
     if proc.returncode != 0:
-        pytest.fail(
+        fail(
             f"{' '.join(argv)} exited with {proc.returncode}: "
             f"{proc.stderr.decode(errors='replace')}{proc.stdout.decode(errors='replace')}"
         )
@@ -423,27 +438,3 @@ def _wait_bind(proc: subprocess.Popen[bytes], log: Path) -> bytes:
             break
         time.sleep(0.01)
     return log.read_bytes()
-
-
-@pytest.fixture(scope="session")
-def test_user() -> TestUser:
-    """The unprivileged login user, created once per machine."""
-    return ensure_test_user()
-
-
-@pytest.fixture
-def sshd_server(test_user: TestUser) -> Iterator[SshServer]:
-    """A real sshd on 127.0.0.1 and a free port, with its own host key, user key, known_hosts."""
-    with running_sshd(test_user, "127.0.0.1") as server:
-        yield server
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    """An agent root for ssh tests; removes the ssh control dir the agent may make in /tmp."""
-    from agent.hosts.sshargs import make_control_dir
-
-    yield tmp_path
-    control_dir = make_control_dir(tmp_path / "state", os.geteuid())
-    if control_dir.parent == Path("/tmp") and control_dir.exists():
-        shutil.rmtree(control_dir)
