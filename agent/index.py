@@ -101,8 +101,9 @@ def recorded_gpus(values: dict[str, Any], text: str) -> int | None:
     ``env``; None if none of them is there.
     """
     gpus = values.get("gpus")
-    if _int(gpus) is not None:
-        return max(0, gpus)
+    count = _int(gpus)
+    if count is not None:
+        return max(0, count)
     if isinstance(gpus, list):
         return len(gpus)
     names = values.get("gpu_names")

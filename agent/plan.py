@@ -47,6 +47,7 @@ def _locator(
 
     def where(key: str) -> tuple[str, int | None]:
         source = effective.sources.get(key, "request")
+        path: tuple[str, ...]
         if source == "agent":
             text, file, path = _text_of(config.path, True), str(config.path), ("defaults", key)
         elif source == "project":
