@@ -35,7 +35,7 @@ if (($# == 0)); then
     fi
     min_venv=${MIN_VENV:-.venv-min}
     [ -x "$min_venv/bin/python" ] || "$min_python" -m venv "$min_venv"
-    "$min_venv/bin/pip" install -q --disable-pip-version-check -e . pytest hypothesis \
+    "$min_venv/bin/pip" install -q --disable-pip-version-check -e . pytest hypothesis aiosmtpd \
         -r <("$venv/bin/python" tests/mindeps.py)
     echo "oldest declared dependencies: $("$min_venv/bin/python" --version)," \
         $("$venv/bin/python" tests/mindeps.py)
@@ -46,6 +46,9 @@ if (($# == 0)); then
         tests/test_mindeps.py tests/test_ssh_transport.py
         tests/test_agent_watch.py::test_poll_mode_takes_requests
         tests/test_agent_watch.py::test_out_of_inotify_watches_it_says_so_and_polls
+        tests/test_notify.py::test_a_failed_run_is_told_by_webhook_and_by_mail
+        tests/test_notify.py::test_a_dead_webhook_never_holds_up_the_run_or_other_notices
+        tests/test_notify.py::test_which_urls_a_project_may_name
     )
     # Deselected: cut_link needs a netns; host_key_failure fails at random on any sh while
     # rsync 3.5 sometimes exits 12, not 255, when ssh refuses a host key (sync.py's bug).
