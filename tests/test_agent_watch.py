@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import time
@@ -47,6 +48,22 @@ def wait_started(share: Path) -> None:
     wait_for("the agent to take the share's lock", lambda: lock_holder(share))
 
 
+def watches(pid: int, folder: Path) -> bool:
+    """Return True once process ``pid`` has an inotify watch on ``folder``.
+
+    The agent takes the share's lock before it watches the project folders, and inotify
+    cannot report a file opened before its folder was watched: a test that writes slowly
+    must wait for the watch, or the agent may take its half-written file as settled.
+    """
+    inode = f" ino:{folder.stat().st_ino:x} "  # fdinfo: "inotify wd:3 ino:1f2e sdev:..."
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("inotify wd:") and inode in line:
+                    return True
+    return False
+
+
 def accepted_files(project: Path) -> list[str]:
     """Return the run.request of each run of ``project``, by run number."""
     return [
@@ -79,8 +96,8 @@ def test_requests_dropped_while_it_runs_are_taken_also_in_new_projects(tmp_path,
 def test_a_request_written_slowly_in_pieces_is_never_read_half_written(tmp_path, agent):
     config = write_config(tmp_path, settle=1, extra=NO_RESCAN)
     project = make_project(tmp_path / "share", "p", {"run.sh": QUICK})
-    agent(config)
-    wait_started(tmp_path / "share")
+    proc = agent(config)
+    wait_for("the agent to watch the project", lambda: watches(proc.pid, project))
     # One writer that keeps the file open and pauses longer than the settle time...
     with open(project / "run.request", "w") as out:
         for piece in (REQUEST[:10], REQUEST[10:40], REQUEST[40:]):
