@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from agent.runner import RunDriver as Driver
+    from agent.runrecord import RunRecord
 
 RESUME_ENV = "DROPRUN_RESUME_FROM"
 # A path that reaches the server's rsync as one word even through an old rsync client.
@@ -69,7 +70,7 @@ def link_equal_archive(d: Driver, archive: ArchiveInfo, signature: str | None) -
 # -- code_from ---------------------------------------------------------------------------
 
 
-def staged(d: Driver) -> Path:
+def staged(d: RunRecord) -> Path:
     """Return the agent's private folder for this run's archived code."""
     return staging_dir(d.ctx.config.state_dir, d.info.project, d.info.run)
 
@@ -97,7 +98,7 @@ def stage_code(d: Driver) -> Path | None:
     return dest
 
 
-def drop_staged_code(d: Driver) -> None:
+def drop_staged_code(d: RunRecord) -> None:
     """Remove this run's private copy of archived code, if there is one."""
     if d.settings.code_from is not None:
         remove_staging(staged(d))

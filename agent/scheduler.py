@@ -153,7 +153,8 @@ class Scheduler:
             and self.loads[name].fits(gpus_needed(self.loads[name].config, waiting.gpus))
         ]
         awake = [name for name in free if self.ctx.hosts[name].awake()]
-        return (awake or free or [None])[0]
+        chosen = awake or free
+        return chosen[0] if chosen else None
 
     def drive(self, run_dir: Path, placement: Placement) -> None:
         """Drive one run on its place until terminal or stop, then free the place."""

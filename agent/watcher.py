@@ -324,12 +324,13 @@ class PollWatcher:
 
 
 def open_watcher(
-    mode: Literal["inotify", "poll"],
+    mode: str,
     share: Path,
     log: logging.Logger,
     hints: queue.SimpleQueue[Hint] | None = None,
 ) -> InotifyWatcher | PollWatcher:
-    """Start the watcher for ``mode``; fall back to polling if inotify is out of watches.
+    """Start the watcher for ``mode`` ("inotify" or "poll"); fall back to polling if inotify
+    is out of watches.
 
     Hints go to ``hints`` (a new queue if not given), also the returned watcher's ``hints``.
     """
