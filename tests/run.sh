@@ -50,12 +50,10 @@ if (($# == 0)); then
         tests/test_notify.py::test_a_dead_webhook_never_holds_up_the_run_or_other_notices
         tests/test_notify.py::test_which_urls_a_project_may_name
     )
-    # Deselected: cut_link needs a netns; host_key_failure fails at random on any sh while
-    # rsync 3.5 sometimes exits 12, not 255, when ssh refuses a host key (sync.py's bug).
+    # Deselected: cut_link needs a network namespace.
     "$min_venv/bin/python" -m pytest -q -p no:cacheprovider --hypothesis-profile=ci \
         "${min_tests[@]}" \
-        --deselect tests/test_ssh_transport.py::test_cut_link_hits_the_deadline_then_recovers \
-        --deselect tests/test_sync.py::test_run_rsync_host_key_failure_is_not_retried
+        --deselect tests/test_ssh_transport.py::test_cut_link_hits_the_deadline_then_recovers
 fi
 
 # Derandomized property tests: the same examples on every machine (see tests/conftest.py).
