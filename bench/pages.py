@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from agent import runinfo
+from agent.agentfile import load_agent_config
 from agent.context import RunContext
 from agent.publish import Publisher
-from agent.settings import load_agent_config
 from bench.agentproc import write_config
 from bench.plan import Plan
 from bench.report import Row

@@ -12,8 +12,9 @@ import pytest
 
 from agent import runinfo
 from agent.agentfile import load_agent_config
+from agent.hosts.kinds import builtin_kinds
 from agent.problems import InvalidFile
-from agent.schema import HostConfig
+from agent.schema import RUN_FIELDS
 from agent.settings import parse_request, read_project_layer
 
 from shares import (
@@ -181,7 +182,11 @@ def test_project_folders_with_shell_syntax_in_their_names_run_as_named(
     assert not list(tmp_path.rglob("pwned*"))
 
 
-HOST_FIELD_NAMES = [name for name in HostConfig.__dataclass_fields__ if name != "name"]
+# Every key of every kind of host; "gpus" is also a run setting (how many a run needs).
+HOST_FIELD_NAMES = sorted(
+    {spec.name for kind in builtin_kinds().values() for spec in kind.fields()}
+    - {spec.name for spec in RUN_FIELDS}
+)
 
 
 @pytest.mark.parametrize("field", HOST_FIELD_NAMES)

@@ -159,9 +159,9 @@ def test_a_state_change_rewrites_only_the_pages_it_touches(share):
 def test_new_projects_and_removed_rejections_are_followed(tmp_path):
     import logging
 
+    from agent.agentfile import load_agent_config
     from agent.context import RunContext
     from agent.publish import Publisher
-    from agent.settings import load_agent_config
 
     config = load_agent_config(write_config(tmp_path))
     publisher = Publisher(RunContext(config=config, hosts={}, log=logging.getLogger("t")))
