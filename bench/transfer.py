@@ -15,6 +15,7 @@ from pathlib import Path
 from agent.hosts.base import RunRef
 from agent.hosts.shell import ShellHost
 from agent.hosts.ssh import SshTransport
+from agent.runinfo import new_run_id
 from agent.schema import HostConfig
 from bench.plan import MIB, Plan
 from bench.report import Row
@@ -48,14 +49,20 @@ def upload_second_run(server: object, tmp: Path, plan: Plan) -> list[Row]:
     with CountingRelay(server.port) as relay:  # type: ignore[attr-defined]
         login = login_for(server, relay.port, tmp)
         host = ssh_host(server, login, tmp / "state")
-        host.upload(RunRef("s1", 0, "bench0"), code, EXCLUDE)  # the first run fills the cache
+        host.upload(
+            RunRef("s1", 0, f"bench0-{new_run_id()}"), code, EXCLUDE
+        )  # the first run fills the cache
         host.close()
         write_random(code / "config" / "params.txt", 1024, random.Random(2))
 
         before = relay.settled_total()
         host = ssh_host(server, login, tmp / "state")
         sent: list[int] = []
-        t_drop = timed(lambda: sent.append(host.upload(RunRef("s1", 1, "bench1"), code, EXCLUDE)))
+        t_drop = timed(
+            lambda: sent.append(
+                host.upload(RunRef("s1", 1, f"bench1-{new_run_id()}"), code, EXCLUDE)
+            )
+        )
         host.close()
         b_drop = relay.settled_total() - before
 
@@ -75,7 +82,7 @@ def mirror_checkpoints(server: object, tmp: Path, plan: Plan) -> list[Row]:
     code = tmp / "s2" / "bin"
     code.mkdir(parents=True)
     (code / "run.sh").write_text("#!/bin/sh\n")
-    ref = RunRef("s2", 0, "bench0")
+    ref = RunRef("s2", 0, f"bench0-{new_run_id()}")
     rng = random.Random(3)
     dest = tmp / "s2" / "results" / "run_0" / "output"
     backup = tmp / "s2" / "scp-backup"
@@ -129,7 +136,9 @@ def throughput(server: object, tmp: Path, plan: Plan) -> list[Row]:
     login = login_for(server, server.port, tmp)  # type: ignore[attr-defined]
     drop_rates, ssh_rates = [], []
     for rep in range(plan.repeats):
-        ref = RunRef(f"s3-{rep}", 0, "bench0")  # a new project: nothing of the file is cached yet
+        ref = RunRef(
+            f"s3-{rep}", 0, f"bench0-{new_run_id()}"
+        )  # a new project: nothing of the file is cached yet
         drop_rates.append(plan.big_file / _timed_upload(server, login, tmp, ref, code) / MIB)
         ssh_rates.append(plan.big_file / _timed_pipe(login, big, base / f"pipe-{rep}") / MIB)
     d, s = median(drop_rates), median(ssh_rates)

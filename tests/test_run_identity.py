@@ -16,6 +16,7 @@ from agent import cli, runinfo
 from agent.hosts.base import HostError, LaunchSpec, RunRef
 from agent.hosts.local import LocalTransport
 from agent.hosts.shell import ShellHost
+from agent.runinfo import new_run_id
 from agent.schema import HostConfig
 
 from shares import (
@@ -135,7 +136,9 @@ def _bin(tmp_path: Path, script: str) -> Path:
 
 
 def test_a_stranger_still_running_is_left_alone(host: ShellHost, tmp_path: Path) -> None:
-    stranger, mine = RunRef("proj", 0, "stranger"), RunRef("proj", 0, "mine")
+    # Fresh ids: processes are found by run id, and other test sessions may run at once.
+    stranger = RunRef("proj", 0, f"stranger-{new_run_id()}")
+    mine = RunRef("proj", 0, f"mine-{new_run_id()}")
     assert host.upload(stranger, _bin(tmp_path, "#!/bin/sh\necho up > up\nexec sleep 300\n"), [])
     pid = host.launch(stranger, LaunchSpec("run.sh")).pid
     run_dir = Path(host.remote_dir(mine))
@@ -163,6 +166,8 @@ def test_a_stranger_still_running_is_left_alone(host: ShellHost, tmp_path: Path)
         assert pid_alive(pid), "a stranger's process was killed"
         assert (aside / ".droprun" / "pid").read_text() == f"{pid}\n"
         orphans = host.orphans()
-        assert [(o.path, o.run_id, o.alive) for o in orphans] == [(str(aside), "stranger", True)]
+        assert [(o.path, o.run_id, o.alive) for o in orphans] == [
+            (str(aside), stranger.run_id, True)
+        ]
     finally:
         os.killpg(pid, signal.SIGKILL)

@@ -167,7 +167,16 @@ do_kill() {  # kill RUNDIR ID GRACE: TERM every process of the run, KILL after G
         require_owned "$1" "$2"
         pid=$(read_pid "$1")
     fi
-    sweep "$2" "$pid" "$3" "" || die 4 "processes of run $2 survived KILL"
+    # The launcher is spared at first: once the script and its children are gone it records
+    # how the script ended, however long that takes on a busy host. Then whatever is left,
+    # a stuck launcher included, is killed.
+    sweep "$2" "$pid" "$3" "$pid" || die 4 "processes of run $2 survived KILL"
+    waited=0
+    while [ -n "$pid" ] && [ "$waited" -lt 50 ] && run_alive "$2" "$pid"; do
+        pause
+        waited=$((waited + 1))
+    done
+    sweep "$2" "$pid" 0 "" || die 4 "processes of run $2 survived KILL"
 }
 
 do_cleanup() {  # cleanup RUNDIR ID: remove run ID's dir (never anything else)
