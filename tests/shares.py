@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,20 @@ def run_once(config_path: Path) -> None:
 
     config = load_agent_config(config_path)
     serve(make_context(config, logging.getLogger("droprun.test")), once=True)
+
+
+def run_once_cancelling(config_path: Path, run_dir: Path, started: Callable[[], object]) -> None:
+    """Run ``droprun agent --once`` here, dropping a ``cancel`` file into ``run_dir`` as a
+    person would, as soon as ``started()`` is true."""
+
+    def cancel() -> None:
+        wait_for("the run to start", started)
+        (run_dir / "cancel").write_text("")
+
+    canceller = threading.Thread(target=cancel, daemon=True)
+    canceller.start()
+    run_once(config_path)
+    canceller.join(timeout=AGENT_DEADLINE)
 
 
 def info(project: Path, run: int = 0) -> runinfo.RunInfo:

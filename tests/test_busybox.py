@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from shares import (
     info,
     make_project,
     run_once,
+    run_once_cancelling,
     run_processes,
-    wait_for,
     wait_state,
     write_config,
 )
@@ -67,16 +66,10 @@ def test_time_out_and_cancel_leave_no_process(
     drop(project, 'timeout = "1s"\n' if outcome == "timed_out" else "")
     run_dir = project / "results" / "run_0"
 
-    def cancel_when_started() -> None:
-        wait_for("the run to start", lambda: (run_dir / "log.log").exists())
-        (run_dir / "cancel").write_text("")
-
-    canceller = threading.Thread(target=cancel_when_started, daemon=True)
     if outcome == "cancelled":
-        canceller.start()
-    run_once(config)
-    if canceller.is_alive():
-        canceller.join(timeout=60)
+        run_once_cancelling(config, run_dir, (run_dir / "log.log").exists)
+    else:
+        run_once(config)
     result = info(project)
     assert result.state == outcome, result.reason
     assert result.run_id and run_processes(result.run_id) == []

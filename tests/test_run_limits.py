@@ -3,7 +3,6 @@ run left behind, also those that left its process group (setsid, a double-forked
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from shares import (
     make_project,
     pid_alive,
     run_once,
+    run_once_cancelling,
     run_processes,
     wait_for,
     wait_state,
@@ -63,16 +63,10 @@ def test_no_process_of_a_run_survives_it(
     drop(project, REQUESTS[outcome])
     run_dir = project / "results" / "run_0"
 
-    def cancel_when_started() -> None:
-        wait_for("the daemons to start", lambda: "started" in _log(run_dir))
-        (run_dir / "cancel").write_text("")
-
-    canceller = threading.Thread(target=cancel_when_started, daemon=True)
     if outcome == "cancelled":
-        canceller.start()
-    run_once(config)
-    if canceller.is_alive():
-        canceller.join(timeout=60)
+        run_once_cancelling(config, run_dir, lambda: "started" in _log(run_dir))
+    else:
+        run_once(config)
 
     result = info(project)
     assert result.state == outcome, result.reason

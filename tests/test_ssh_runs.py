@@ -18,6 +18,7 @@ from shares import (
     make_project,
     on_host,
     run_once,
+    run_once_cancelling,
     wait_for,
     write_ssh_config,
 )
@@ -132,17 +133,15 @@ def test_fail_time_out_and_cancel_leave_no_process_on_the_server(
     run_dir = project / "results" / "run_0"
     remote_dir = str(on_host(sshd_server.remote_root, root / "share") / "proj" / "run_0")
 
-    def cancel_when_started() -> None:
-        wait_for("the run to start", lambda: "started" in _text(run_dir / "log.log"))
-        wait_for("the child to run", lambda: bool(server_processes(sshd_server, remote_dir)))
-        (run_dir / "cancel").write_text("")
+    def started() -> bool:
+        return "started" in _text(run_dir / "log.log") and bool(
+            server_processes(sshd_server, remote_dir)
+        )
 
-    canceller = threading.Thread(target=cancel_when_started, daemon=True)
     if outcome == "cancelled":
-        canceller.start()
-    run_once(config)
-    if canceller.is_alive():
-        canceller.join(timeout=DEADLINE)
+        run_once_cancelling(config, run_dir, started)
+    else:
+        run_once(config)
 
     result = info(project)
     assert result.state == outcome, result.reason
