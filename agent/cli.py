@@ -273,6 +273,16 @@ def cmd_cancel(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(opts: argparse.Namespace) -> int:
+    """Drop (or touch) a ``sync`` file in the run folder: the agent mirrors the outputs now."""
+    folder = run_folder(load_config(opts.config), opts.project, opts.run)
+    if runinfo.load(folder / "run.info").terminal:
+        raise UserError(f"{folder}: the run has already ended; its outputs are all there")
+    (folder / "sync").touch()
+    print(f"{folder / 'sync'}: written; the agent mirrors the outputs within seconds")
+    return 0
+
+
 def cmd_submit(opts: argparse.Namespace) -> int:
     """Write a valid ``run.request`` into a project folder from KEY=VALUE pairs."""
     from agent.submit import write_request
@@ -347,6 +357,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--no-follow", action="store_true", help="print what there is and exit")
     p = command("cancel", cmd_cancel, "cancel a run")
+    p.add_argument("project", metavar="PROJECT")
+    p.add_argument("run", metavar="RUN")
+    p = command("sync", cmd_sync, "mirror a running run's outputs to the share now")
     p.add_argument("project", metavar="PROJECT")
     p.add_argument("run", metavar="RUN")
     p = command("submit", cmd_submit, "write a run.request into a project folder")

@@ -17,7 +17,8 @@ from agent.schema import AgentConfig
 class Wakeups:
     """One event per run being driven: set to wake its sleeping driver early.
 
-    The agent's watcher sets it when a ``cancel`` file appears; a stop sets them all.
+    The agent's watcher sets it when a ``cancel`` or ``sync`` file appears; a stop sets
+    them all.
     """
 
     def __init__(self) -> None:

@@ -18,6 +18,7 @@ REQUEST_SUFFIX = ".request"
 PLAIN_SUFFIXES = (REQUEST_SUFFIX, REQUEST_SUFFIX + ".txt")
 RICH_SUFFIXES = tuple(REQUEST_SUFFIX + ext for ext in (".rtf", ".rtfd", ".docx", ".doc", ".pages"))
 CANCEL_NAMES = ("cancel", "cancel.txt")
+SYNC_NAMES = ("sync", "sync.txt")  # in a run folder: mirror the outputs now
 # At the share root, reserved for what the agent publishes (billing files, ...).
 PUBLISH_DIR = "_droprun"
 JUNK_NAMES = frozenset(
@@ -58,6 +59,11 @@ def is_request_name(name: str) -> bool:
 def is_cancel_name(name: str) -> bool:
     """Return True if a file called ``name`` in a run folder cancels the run."""
     return name in CANCEL_NAMES
+
+
+def is_sync_name(name: str) -> bool:
+    """Return True if a file called ``name`` in a run folder asks for a mirror now."""
+    return name in SYNC_NAMES
 
 
 def is_project_name(name: str) -> bool:

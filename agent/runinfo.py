@@ -127,6 +127,7 @@ class RunInfo:
     gpu_names: list[str] | None = None
     rsync_local: str | None = None
     rsync_remote: str | None = None
+    last_mirror_at: str | None = None
     outcome: str | None = None
     rerun_of: int | None = None
     resume_from: str | None = None

@@ -199,9 +199,14 @@ class RunDriver(RunRecord):
     def mirror(self, final: bool = False) -> int:
         """Mirror ``output_dir`` into ``output/``, count the bytes; return files still pending."""
         result = self.host.mirror(
-            self.ref, self.settings.output_dir, self.run_dir / "output", final=final
+            self.ref,
+            self.settings.output_dir,
+            self.run_dir / "output",
+            final=final,
+            live_files=self.settings.live_files,
         )
         self.info.bytes_mirrored += result.bytes_received
+        self.info.last_mirror_at = runinfo.now_iso()
         self.save()
         return result.files_pending
 
@@ -211,7 +216,9 @@ class RunDriver(RunRecord):
             reuse.archive_run(self)
         if self.info.environment is None:
             envcapture.capture(self, self.launch_spec().cuda_visible_devices)
-        last_mirror = self.ctx.clock()
+        # Cycles are timed from the start of a mirror, so one lasts backup_every however
+        # long the mirror takes (while it takes less).
+        next_mirror = self.ctx.clock() + self.settings.backup_every
         failing_since: float | None = None
         while True:
             if not self.run_dir.is_dir():
@@ -232,21 +239,21 @@ class RunDriver(RunRecord):
                 elif self.ctx.clock() - (self.info.start_epoch or self.ctx.clock()) > limit:
                     self.stop_process(runinfo.TIMED_OUT, self.time_limit_reason())
                     break
-                if self.ctx.clock() - last_mirror >= self.settings.backup_every:
+                if self.sync_requested() or self.ctx.clock() >= next_mirror:
+                    next_mirror = self.ctx.clock() + self.settings.backup_every
                     self.mirror()
-                    last_mirror = self.ctx.clock()
                 failing_since = None
             except (HostError, OSError) as exc:
                 if share_full(exc):  # the training goes on; the final sync waits for space
                     self.note_share_full(exc)
-                    last_mirror = self.ctx.clock()
+                    next_mirror = self.ctx.clock() + self.settings.backup_every
                 elif isinstance(exc, OSError) or not exc.transient:
                     raise
                 # The training goes on without us: keep trying, and say so once a minute.
                 elif failing_since is None or self.ctx.clock() - failing_since >= 60:
                     self.ctx.log.warning("%s: host not answering: %s", self.ref.label, exc)
                     failing_since = self.ctx.clock()
-            self.sleep(self.ctx.config.log_every)
+            self.sleep(min(self.ctx.config.log_every, max(0.0, next_mirror - self.ctx.clock())))
         self.move(runinfo.FINISHING)
 
     def note_pending(self, why: str | None) -> None:

@@ -16,7 +16,7 @@ from agent import reuse, runinfo
 from agent.context import RunContext
 from agent.fsutil import read_plain
 from agent.hosts.base import HostError, RunRef
-from agent.names import CANCEL_NAMES
+from agent.names import CANCEL_NAMES, SYNC_NAMES
 from agent.runinfo import RunInfo
 from agent.schema import RunSettings
 from agent.settings import settings_from_table
@@ -66,6 +66,7 @@ class RunRecord:
         self.project_dir = run_dir.parent.parent
         self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
         self.reason_before_full: str | None = None
+        self.sync_seen: tuple[tuple[str, int, int], ...] = ()  # the sync files handled
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -104,8 +105,23 @@ class RunRecord:
         """True if a person dropped a ``cancel`` (or ``cancel.txt``) file into the run folder."""
         return any((self.run_dir / name).exists() for name in CANCEL_NAMES)
 
+    def sync_requested(self) -> bool:
+        """True once per ``sync`` (or ``sync.txt``) file dropped or touched in the run
+        folder since the last look: a person asks for a mirror now. The file stays."""
+        stamp = []
+        for name in SYNC_NAMES:
+            try:
+                st = (self.run_dir / name).lstat()
+            except FileNotFoundError:
+                continue
+            stamp.append((name, st.st_ino, st.st_mtime_ns))
+        fresh = bool(stamp) and tuple(stamp) != self.sync_seen
+        self.sync_seen = tuple(stamp)
+        return fresh
+
     def sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` or until woken (a cancel file); raise Stopped if the agent stops."""
+        """Wait ``seconds`` or until woken (a cancel or sync file); raise Stopped if the
+        agent stops."""
         event = self.ctx.wakeups.get(self.run_dir)
         if event is None:
             self.ctx.stop.wait(seconds)

@@ -168,6 +168,13 @@ class RunSettings:
         [".git/", "__pycache__/", "*.pyc"],
         "rsync-style patterns left out of the upload and the archive.",
     )
+    live_files: tuple[str, ...] = setting(
+        STRINGS,
+        ["*.csv", "*.jsonl", "*.log", "*.txt", "events.out.tfevents.*"],
+        "Files in output_dir shown on the share as they grow, every backup_every (shell "
+        "patterns of the name, or of the path in output_dir if they have a /); other files "
+        "appear once complete.",
+    )
     code_from: str | None = setting(
         RUN_REF,
         None,

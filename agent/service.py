@@ -256,7 +256,7 @@ class Agent:
         now = time.monotonic()
         if hint.kind == "request":
             self.intake.changed(hint.path, now, hint.writing)
-        elif hint.kind == "cancel":
+        elif hint.kind in ("cancel", "sync"):
             self.ctx.wakeups.wake(hint.path)
         elif hint.kind == "rescan":  # events were lost, open/close ones too
             self.intake.writing.clear()

@@ -33,9 +33,9 @@ from inotify_simple import flags as F
 from watchdog.events import FileSystemEvent, FileSystemEventHandler, FileSystemMovedEvent
 from watchdog.observers.polling import PollingObserverVFS
 
-from agent.names import is_cancel_name, is_project_name, is_request_name
+from agent.names import is_cancel_name, is_project_name, is_request_name, is_sync_name
 
-HintKind = Literal["request", "project", "project_gone", "cancel", "rescan"]
+HintKind = Literal["request", "project", "project_gone", "cancel", "sync", "rescan"]
 POLL_INTERVAL = 1.0
 LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
 STOP_TIMEOUT = 5.0
@@ -239,6 +239,8 @@ class InotifyWatcher:
             self.hints.put(Hint("request", path, writing))
         elif kind == "run" and is_cancel_name(name):
             self.hints.put(Hint("cancel", folder))
+        elif kind == "run" and is_sync_name(name):
+            self.hints.put(Hint("sync", folder))
 
 
 def _limit_or_raise(exc: OSError) -> OSError:
@@ -315,7 +317,7 @@ class PollWatcher:
         """Nothing to do: every snapshot lists every project folder."""
 
     def sync_runs(self, run_dirs: Iterable[Path]) -> None:
-        """Nothing to do: a running driver looks for ``cancel`` every few seconds anyway."""
+        """Nothing to do: a running driver looks for ``cancel`` and ``sync`` every few seconds."""
 
     def stop(self) -> None:
         """Stop the observer and wait for its threads."""

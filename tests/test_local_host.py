@@ -66,7 +66,7 @@ def tools(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.fixture
 def host(tmp_path: Path, tools: str) -> Iterator[ShellHost]:
     config = HostConfig(name="local", remote_root=str(tmp_path / "remote"))
-    shell_host = ShellHost(config, LocalTransport(), quiet=1.0)
+    shell_host = ShellHost(config, LocalTransport())
     yield shell_host
     shell_host.close()
 
@@ -225,7 +225,7 @@ for name in names:
             f.flush()
             time.sleep(0.03)
     if name == "b.bin":
-        time.sleep(1.5)  # rotated.bin has been quiet long enough to be published by now
+        time.sleep(1.5)  # rotated.bin is complete and published by now
         os.unlink("output/rotated.bin")
 """
 
@@ -265,6 +265,48 @@ def test_mirror_never_publishes_partial_files(host: ShellHost, tmp_path: Path) -
     assert not [p for p in dest.rglob("*") if "droprun-tmp" in p.name]
     again = host.mirror(ref, "output", dest)
     assert (again.files_published, again.files_pending) == (0, 0)
+    _reap_group(pid)
+
+
+PAUSER = r"""
+import os, time
+os.makedirs("output", exist_ok=True)
+with open("output/model.ckpt", "wb") as f:
+    f.write(b"A" * 5000)
+    f.flush()
+    open("paused", "w").close()
+    while not os.path.exists("go"):
+        time.sleep(0.02)
+    f.write(b"B" * 5000)
+with open("output/metrics.csv", "a") as f:
+    f.write("1,0.5\n")
+"""
+
+
+def test_a_writer_that_pauses_mid_file_is_not_published_half_written(
+    host: ShellHost, tmp_path: Path
+) -> None:
+    """Around a pause the listings agree; the file is still open for writing, so it waits.
+
+    A file named like a live file is published as it is, complete or not."""
+    ref = RunRef("proj", 0)
+    host.upload(
+        ref, _bin(tmp_path, "#!/bin/sh\nexec python3 pauser.py\n", {"pauser.py": PAUSER}), []
+    )
+    dest = tmp_path / "share" / "proj" / "results" / "run_0" / "output"
+    dest.parent.mkdir(parents=True)
+    pid = host.launch(ref, LaunchSpec("run.sh"))
+    run_dir = Path(host.remote_dir(ref))
+    _poll("the writer to pause", (run_dir / "paused").exists)
+    for _ in range(3):
+        result = host.mirror(ref, "output", dest, live_files=("*.csv",))
+        assert (result.files_published, result.files_pending) == (0, 1)
+        assert not (dest / "model.ckpt").exists()
+    (run_dir / "go").touch()
+    assert _wait_exit(host, ref).exit_code == 0
+    final = host.mirror(ref, "output", dest, final=True, live_files=("*.csv",))
+    assert (final.files_published, final.files_pending) == (2, 0)
+    assert (dest / "model.ckpt").read_bytes() == b"A" * 5000 + b"B" * 5000
     _reap_group(pid)
 
 

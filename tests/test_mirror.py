@@ -11,7 +11,9 @@ from agent.hosts.mirror import (
     RemoteFile,
     forget_doubtful,
     forget_unsettled,
+    is_live,
     parse_listing,
+    publish_settled,
     same_mtime,
 )
 
@@ -90,3 +92,44 @@ def test_copies_of_files_that_changed_during_the_pull_are_forgotten(tmp_path: Pa
     after = _listing(steady=(4, t), changed=(4, t + 1), appeared=(4, t))
     assert forget_unsettled(before, after, staging) == 2
     assert sorted(p.name for p in staging.iterdir()) == ["steady"]
+
+
+def test_the_listing_says_which_files_are_open_for_writing() -> None:
+    out = (
+        b"1.0 1\nf\0ckpt\0" + b"1\0" + b"1.0\0f\0sub/log.txt\0" + b"1\0" + b"1.0\0"
+        b"d\0/srv/x/output\0-\0-\0"
+        b"w\0/srv/x/output/sub/log.txt\0-\0-\0w\0/dev/null\0-\0-\0w\0/srv/x/outputs\0-\0-\0"
+    )
+    listing = parse_listing(out)
+    assert set(listing.files) == {"ckpt", "sub/log.txt"}
+    assert listing.writing == {"sub/log.txt"}
+
+
+def test_live_patterns_match_the_name_or_the_whole_path() -> None:
+    live = ("*.csv", "events.out.tfevents.*", "logs/*.bin")
+    assert is_live("metrics.csv", live) and is_live("a/b/metrics.csv", live)
+    assert is_live("tb/events.out.tfevents.1700000000.gpu1", live)
+    assert is_live("logs/x.bin", live) and not is_live("other/logs/x.bin", live)
+    assert not is_live("model.ckpt", live) and not is_live("metrics.csv.bak", live)
+
+
+def test_a_live_file_is_published_as_copied_and_a_complete_one_in_the_same_cycle(
+    tmp_path: Path,
+) -> None:
+    staging, dest = tmp_path / "staging", tmp_path / "output"
+    t = 1700000000 * S
+    _staged(staging, "metrics.csv", b"1,2\n", t)
+    _staged(staging, "model.ckpt", b"weights", t)
+    _staged(staging, "half.ckpt", b"wei", t)
+    before = _listing(**{"metrics.csv": (4, t), "model.ckpt": (7, t), "half.ckpt": (3, t)})
+    after = _listing(**{"metrics.csv": (8, t + 5), "model.ckpt": (7, t), "half.ckpt": (3, t)})
+    after = Listing(1.0, True, after.files, frozenset({"half.ckpt"}))
+    published, pending = publish_settled(before, after, staging, dest, ("*.csv",))
+    assert (published, pending) == (2, 2)
+    assert (dest / "metrics.csv").read_bytes() == b"1,2\n"
+    assert (dest / "model.ckpt").read_bytes() == b"weights"
+    assert not (dest / "half.ckpt").exists()  # open for writing: a writer that pauses
+    # Once the run has ended, nobody writes: the same file is complete.
+    ended = Listing(2.0, False, after.files, after.writing)
+    assert publish_settled(after, ended, staging, dest, ("*.csv",)) == (1, 1)
+    assert (dest / "half.ckpt").read_bytes() == b"wei"

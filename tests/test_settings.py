@@ -49,6 +49,7 @@ def test_each_layer_overrides_the_one_below_and_sources_say_which():
         "setup": "built-in",
         "env": "project",
         "exclude": "project",
+        "live_files": "built-in",
         "code_from": "built-in",
         "resume_from": "built-in",
         "client": "project",

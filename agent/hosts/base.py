@@ -179,10 +179,18 @@ class Host(Protocol):
         ...
 
     def mirror(
-        self, ref: RunRef, output_dir: str, dest: Path, *, final: bool = False
+        self,
+        ref: RunRef,
+        output_dir: str,
+        dest: Path,
+        *,
+        final: bool = False,
+        live_files: Sequence[str] = (),
     ) -> MirrorResult:
         """Mirror the run's ``output_dir`` into ``dest`` without deleting or half-writing.
 
+        Complete files appear in the cycle that saw them complete; files matching the
+        ``live_files`` patterns appear every cycle as copied (a prefix of a growing file).
         ``final``: the process has ended; leave nothing of the mirror's own behind.
         """
         ...

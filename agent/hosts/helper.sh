@@ -148,7 +148,21 @@ list_files() {  # list_files: "TYPE\0PATH\0SIZE\0MTIME\0" for each file and link
         done' droprun-list {} +
 }
 
-do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR
+list_writing() {  # list_writing: "w\0PATH\0-\0-\0" per file a process has open for
+    # writing (the mode of a /proc/PID/fd link says how the file was opened); without
+    # /proc, nothing
+    if find . -maxdepth 0 -printf '' 2>/dev/null; then
+        find /proc/[0-9]*/fd -maxdepth 1 -type l -perm -200 -lname '/*' \
+            -printf 'w\0%l\0-\0-\0' 2>/dev/null || true
+        return 0
+    fi
+    find /proc/[0-9]*/fd -maxdepth 1 -type l -perm -200 -exec sh -c '
+        for l; do t=$(readlink "$l") && printf "w\0%s\0-\0-\0" "$t"; done' droprun-fds {} + \
+        2>/dev/null || true
+}
+
+do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR, then
+    # "d\0PHYSICAL-DIR\0-\0-\0", then list_writing
     require_owned "$1" "$2"
     pid=$(read_pid "$1")
     alive=0
@@ -159,6 +173,8 @@ do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR
     [ -d "$3" ] || return 0
     cd -- "$3" || die 3 "cannot enter $3"
     list_files
+    printf 'd\0%s\0-\0-\0' "$(pwd -P)"
+    list_writing
 }
 
 do_kill() {  # kill RUNDIR ID GRACE: TERM every process of the run, KILL after GRACE s

@@ -2,8 +2,13 @@
 
 rsync pulls the remote output dir into a hidden staging dir next to the destination; a
 file is then published into the destination (a hard link + rename, so never half-written)
-only once it is complete. The destination is walked with directory fds and O_NOFOLLOW, so
-a link that a share user (or the server) put on the way cannot lead a file out of it.
+in the same cycle once it is complete: the same size and nanosecond mtime in the
+listings taken before and after the transfer, and (while the run lives) no process of
+the server with it open for writing, which tells a writer that pauses from a finished
+file. Files matching ``live_files`` (growing logs, metrics) are published every cycle
+as the copy that cycle made. The destination is walked with directory fds and
+O_NOFOLLOW, so a link that a share user (or the server) put on the way cannot lead a
+file out of it.
 
 A staged copy counts as the remote file when size and nanosecond mtime agree. An agent
 rsync older than 3.1.3 compares whole seconds only, and 3.1.2 even stamps the new mtime
@@ -18,8 +23,10 @@ import contextlib
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from agent.fsutil import open_dir
@@ -47,23 +54,42 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class Listing:
-    """The helper's view of an output dir: host time, whether the run is alive, files."""
+    """The helper's view of an output dir: host time, whether the run is alive, files,
+    and which of them some process has open for writing."""
 
     now: float
     alive: bool
     files: dict[str, RemoteFile]
+    writing: frozenset[str] = field(default_factory=frozenset)
 
 
 def parse_listing(out: bytes) -> Listing:
-    """Parse ``list`` output: ``NOW ALIVE\\n`` then ``TYPE\\0PATH\\0SIZE\\0MTIME\\0``... (pure)."""
+    """Parse ``list`` output (pure): ``NOW ALIVE\\n``, then ``TYPE\\0PATH\\0SIZE\\0MTIME\\0``
+    per file (``f``) or link (``l``), then the dir's physical path (``d``) and the
+    absolute paths of files open for writing (``w``), which become paths in the dir."""
     head, _, body = out.partition(b"\n")
     now, alive = head.decode().split()
     fields = body.split(b"\0")
     files = {}
+    base = ""
+    open_paths = []
     for i in range(0, len(fields) - 3, 4):
         kind, path, size, mtime = (f.decode("utf-8", "surrogateescape") for f in fields[i : i + 4])
-        files[path] = RemoteFile(kind, int(size), mtime)
-    return Listing(float(now), alive == "1", files)
+        if kind == "d":
+            base = path.rstrip("/") + "/"
+        elif kind == "w":
+            open_paths.append(path)
+        else:
+            files[path] = RemoteFile(kind, int(size), mtime)
+    writing = frozenset(p[len(base) :] for p in open_paths if base and p.startswith(base))
+    return Listing(float(now), alive == "1", files, writing)
+
+
+def is_live(path: str, patterns: Sequence[str]) -> bool:
+    """Return True if ``path`` (relative to the output dir) matches a ``live_files``
+    pattern: by its name, or by the whole path for a pattern with a ``/`` (pure)."""
+    name = path.rsplit("/", 1)[-1]
+    return any(fnmatchcase(path if "/" in pat else name, pat) for pat in patterns)
 
 
 def ensure_staging(dest: Path) -> Path:
@@ -80,24 +106,41 @@ def ensure_staging(dest: Path) -> Path:
 
 
 def publish_settled(
-    before: Listing, after: Listing, staging: Path, dest: Path, quiet: float
+    before: Listing,
+    after: Listing,
+    staging: Path,
+    dest: Path,
+    live_files: Sequence[str] = (),
 ) -> tuple[int, int]:
-    """Publish from ``staging`` into ``dest`` every file that is complete; return counts.
+    """Publish from ``staging`` into ``dest`` what this cycle may show; return counts.
 
     ``before`` and ``after`` are the listings taken around the transfer. A file is
-    published when its listing did not change, its staged copy matches, and, while the
-    job runs, it has been left alone for ``quiet`` s. Returns (newly published, pending).
+    complete when both listings agree on it, its staged copy matches, and, while the job
+    runs, no process had it open for writing in either: it is published. A file matching
+    ``live_files`` that is not complete has its staged copy (the prefix rsync read)
+    published, and stays pending. Returns (newly published, pending: not yet final).
     Raises HostError if a file cannot be published (see :func:`_publish`).
     """
     published = pending = 0
+    open_for_writing = (before.writing | after.writing) if after.alive else frozenset()
     for path, remote in sorted(after.files.items()):
-        settled = not after.alive or after.now - float(remote.mtime) >= quiet
-        stable = before.files.get(path) == remote and settled
-        if not stable or not _staged_matches(staging / path, remote):
-            pending += 1
-        elif _publish(staging / path, dest, path):
-            published += 1
+        staged = staging / path
+        stable = before.files.get(path) == remote and path not in open_for_writing
+        if stable and _staged_matches(staged, remote):
+            published += _publish(staged, dest, path)
+            continue
+        pending += 1
+        if remote.kind == "f" and is_live(path, live_files) and _is_regular(staged):
+            published += _publish(staged, dest, path)
     return published, pending
+
+
+def _is_regular(path: Path) -> bool:
+    """Return True if ``path`` is a regular file (not following a link)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def same_mtime(staged_ns: int, remote_ns: int) -> bool:

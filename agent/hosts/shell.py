@@ -103,10 +103,8 @@ def parse_orphans(out: bytes) -> list[Orphan]:
 class ShellHost:
     """A :class:`agent.hosts.base.Host` that runs everything through ``transport``.
 
-    ``quiet`` is how long (s) a file of a running job must have been left alone before a
-    mirror publishes it: a stable listing alone cannot tell a writer that pauses
-    between chunks from a finished file. ``local_rsync`` is the agent's rsync, shared
-    by all hosts so that its version is asked once.
+    ``local_rsync`` is the agent's rsync, shared by all hosts so that its version is
+    asked once.
     """
 
     def __init__(
@@ -117,7 +115,6 @@ class ShellHost:
         share_id: str = "",
         rsync_timeout: float = 6 * 3600.0,
         command_timeout: float = 60.0,
-        quiet: float = 5.0,
         local_rsync: LocalRsync | None = None,
     ) -> None:
         self.name = config.name
@@ -127,7 +124,6 @@ class ShellHost:
         self.share_id = share_id
         self.rsync_timeout = rsync_timeout
         self.command_timeout = command_timeout
-        self.quiet = quiet
         self._helper_text = (
             procs_text()
             + importlib.resources.files("agent.hosts").joinpath("helper.sh").read_text()
@@ -431,16 +427,23 @@ class ShellHost:
         return parse_listing(self._helper("list", run_dir, ref.run_id, out_dir).stdout)
 
     def mirror(
-        self, ref: RunRef, output_dir: str, dest: Path, *, final: bool = False
+        self,
+        ref: RunRef,
+        output_dir: str,
+        dest: Path,
+        *,
+        final: bool = False,
+        live_files: Sequence[str] = (),
     ) -> MirrorResult:
-        """Mirror the run's ``output_dir`` into ``dest``: publish only complete files.
+        """Mirror the run's ``output_dir`` into ``dest``: complete files, and live ones.
 
         rsync fills a hidden staging dir next to ``dest``; a file is published (hard link
-        + rename, so never half-written) when its listing did not change during the
-        transfer, its staged copy matches, and, while the job runs, it has been left
-        alone for ``quiet`` s. Nothing in ``dest`` is ever deleted. With ``final`` and
-        nothing left pending, the staging dir is removed. An agent rsync that compares
-        whole seconds only gets the staged copies it could leave stale removed first.
+        + rename, so never half-written) in this cycle when it is complete (see
+        :func:`agent.hosts.mirror.publish_settled`); a file matching ``live_files`` is
+        published as the copy this cycle made. Nothing in ``dest`` is ever deleted. With
+        ``final`` and nothing left pending, the staging dir is removed. An agent rsync
+        that compares whole seconds only gets the staged copies it could leave stale
+        removed first.
         """
         pull_ns = self._supported_versions().pull_ns
         before = self._list(ref, output_dir)
@@ -458,7 +461,7 @@ class ShellHost:
         )
         stats = run_rsync(argv, timeout=self.rsync_timeout, ok_codes=(0, 24))
         after = self._list(ref, output_dir)
-        published, pending = publish_settled(before, after, staging, dest, self.quiet)
+        published, pending = publish_settled(before, after, staging, dest, live_files)
         if not pull_ns:
             forget_unsettled(before, after, staging)
         if final and not pending:
