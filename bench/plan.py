@@ -33,6 +33,10 @@ class Plan:
     # 6: burst
     burst_requests: int
     burst_projects: int
+    # 8: freshness: checkpoints by rename, how many, how big, seconds apart
+    fresh_ckpts: int
+    fresh_bytes: int
+    fresh_every: float
 
 
 FULL = Plan(
@@ -51,6 +55,9 @@ FULL = Plan(
     idle_window=31.0,  # covers one full rescan of the share (rescan = 30 s)
     burst_requests=200,
     burst_projects=20,
+    fresh_ckpts=10,
+    fresh_bytes=10 * MIB,
+    fresh_every=3.0,
 )
 
 QUICK = Plan(
@@ -69,6 +76,9 @@ QUICK = Plan(
     idle_window=3.0,
     burst_requests=20,
     burst_projects=4,
+    fresh_ckpts=5,
+    fresh_bytes=2 * MIB,
+    fresh_every=3.0,
 )
 
 SMOKE = Plan(
@@ -87,6 +97,9 @@ SMOKE = Plan(
     idle_window=1.0,
     burst_requests=4,
     burst_projects=2,
+    fresh_ckpts=2,
+    fresh_bytes=256 << 10,
+    fresh_every=2.0,
 )
 
 PLANS = {p.name: p for p in (FULL, QUICK, SMOKE)}

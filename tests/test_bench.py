@@ -26,7 +26,7 @@ def test_bench_smoke_prints_every_scenario(tmp_path):
     assert header.split() == columns
     data = json.loads(out.read_text())
     assert data["mode"] == "smoke"
-    assert {row["scenario"][0] for row in data["rows"]} == set("1234567")
+    assert {row["scenario"][0] for row in data["rows"]} == set("12345678")
     for row in data["rows"]:
         assert row["droprun"] >= 0
         assert row["ratio"] is None or row["ratio"] >= 0
