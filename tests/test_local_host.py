@@ -289,13 +289,13 @@ def test_a_writer_that_pauses_mid_file_is_not_published_half_written(
     """Around a pause the listings agree; the file is still open for writing, so it waits.
 
     A file named like a live file is published as it is, complete or not."""
-    ref = RunRef("proj", 0)
+    ref = ref_of("proj", 0)
     host.upload(
         ref, _bin(tmp_path, "#!/bin/sh\nexec python3 pauser.py\n", {"pauser.py": PAUSER}), []
     )
     dest = tmp_path / "share" / "proj" / "results" / "run_0" / "output"
     dest.parent.mkdir(parents=True)
-    pid = host.launch(ref, LaunchSpec("run.sh"))
+    pid = host.launch(ref, LaunchSpec("run.sh")).pid
     run_dir = Path(host.remote_dir(ref))
     _poll("the writer to pause", (run_dir / "paused").exists)
     for _ in range(3):

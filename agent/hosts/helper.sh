@@ -156,9 +156,10 @@ list_writing() {  # list_writing: "w\0PATH\0-\0-\0" per file a process has open 
             -printf 'w\0%l\0-\0-\0' 2>/dev/null || true
         return 0
     fi
-    find /proc/[0-9]*/fd -maxdepth 1 -type l -perm -200 -exec sh -c '
-        for l; do t=$(readlink "$l") && printf "w\0%s\0-\0-\0" "$t"; done' droprun-fds {} + \
-        2>/dev/null || true
+    # No -lname/-printf (BusyBox): ls -l shows each link's mode and target, read in one loop.
+    ls -l /proc/[0-9]*/fd 2>/dev/null | while IFS= read -r fd_line; do
+        case $fd_line in l?w*" -> /"*) printf 'w\0%s\0-\0-\0' "${fd_line#* -> }" ;; esac
+    done
 }
 
 do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR, then
