@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
-from agent import envcapture, reuse, runinfo
+from agent import envcapture, outputs, reuse, runinfo
 from agent.archive import tree_signature
 from agent.hosts.base import HostError, LaunchSpec, ProcStatus
 from agent.runrecord import RunRecord, Stopped, share_full
@@ -198,7 +198,8 @@ class RunDriver(RunRecord):
 
     def mirror(self, final: bool = False) -> int:
         """Mirror ``output_dir`` into ``output/``, count the bytes; return files still pending."""
-        result = self.host.mirror(
+        result = outputs.mirror(
+            self.host,
             self.ref,
             self.settings.output_dir,
             self.run_dir / "output",

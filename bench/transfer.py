@@ -15,6 +15,7 @@ from pathlib import Path
 from agent.hosts.base import RunRef
 from agent.hosts.shell import ShellHost
 from agent.hosts.ssh import SshTransport
+from agent.outputs import mirror
 from agent.runinfo import new_run_id
 from agent.schema import HostConfig
 from bench.plan import MIB, Plan
@@ -104,7 +105,7 @@ def mirror_checkpoints(server: object, tmp: Path, plan: Plan) -> list[Row]:
 
             # Backups are minutes apart, so each one pays for its own connections.
             before = relay.settled_total()
-            t_drop += timed(lambda: host.mirror(ref, "output", dest))
+            t_drop += timed(lambda: mirror(host, ref, "output", dest))
             host.close()
             b_drop += relay.settled_total() - before
 

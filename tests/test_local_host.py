@@ -17,6 +17,7 @@ from agent.hosts.base import LaunchSpec, ProcStatus, RunRef
 from agent.hosts.kinds import HostEnv, open_host
 from agent.hosts.local import LocalTransport
 from agent.hosts.shell import ShellHost
+from agent.outputs import mirror
 from agent.runinfo import new_run_id
 from agent.schema import HostConfig
 
@@ -240,12 +241,12 @@ def test_mirror_never_publishes_partial_files(host: ShellHost, tmp_path: Path) -
     host.upload(ref, bin_dir, [])
     dest = tmp_path / "share" / "proj" / "results" / "run_0" / "output"
     dest.parent.mkdir(parents=True)
-    assert host.mirror(ref, "output", dest).files_published == 0  # nothing there yet
+    assert mirror(host, ref, "output", dest).files_published == 0  # nothing there yet
     pid = host.launch(ref, LaunchSpec("run.sh")).pid
     mirrors = published = 0
     seen_pending = False
     while host.status(ref).state == "running":
-        result = host.mirror(ref, "output", dest)
+        result = mirror(host, ref, "output", dest)
         mirrors += 1
         published += result.files_published
         seen_pending |= result.files_pending > 0
@@ -255,7 +256,7 @@ def test_mirror_never_publishes_partial_files(host: ShellHost, tmp_path: Path) -
                 assert path.read_bytes() == _expected(rel), f"partial {rel} published"
         time.sleep(0.05)
     assert host.status(ref).exit_code == 0
-    final = host.mirror(ref, "output", dest)
+    final = mirror(host, ref, "output", dest)
     assert final.files_pending == 0
     assert mirrors > 3 and seen_pending
     names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
@@ -263,7 +264,7 @@ def test_mirror_never_publishes_partial_files(host: ShellHost, tmp_path: Path) -
     for name in names:
         assert (dest / name).read_bytes() == _expected(name)
     assert not [p for p in dest.rglob("*") if "droprun-tmp" in p.name]
-    again = host.mirror(ref, "output", dest)
+    again = mirror(host, ref, "output", dest)
     assert (again.files_published, again.files_pending) == (0, 0)
     _reap_group(pid)
 
@@ -299,12 +300,12 @@ def test_a_writer_that_pauses_mid_file_is_not_published_half_written(
     run_dir = Path(host.remote_dir(ref))
     _poll("the writer to pause", (run_dir / "paused").exists)
     for _ in range(3):
-        result = host.mirror(ref, "output", dest, live_files=("*.csv",))
+        result = mirror(host, ref, "output", dest, live_files=("*.csv",))
         assert (result.files_published, result.files_pending) == (0, 1)
         assert not (dest / "model.ckpt").exists()
     (run_dir / "go").touch()
     assert _wait_exit(host, ref).exit_code == 0
-    final = host.mirror(ref, "output", dest, final=True, live_files=("*.csv",))
+    final = mirror(host, ref, "output", dest, final=True, live_files=("*.csv",))
     assert (final.files_published, final.files_pending) == (2, 0)
     assert (dest / "model.ckpt").read_bytes() == b"A" * 5000 + b"B" * 5000
     _reap_group(pid)

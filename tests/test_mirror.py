@@ -6,16 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.hosts.mirror import (
-    Listing,
-    RemoteFile,
-    forget_doubtful,
-    forget_unsettled,
-    is_live,
-    parse_listing,
-    publish_settled,
-    same_mtime,
-)
+from agent.hosts.mirror import Listing, RemoteFile, is_live, parse_listing
+from agent.outputs import forget_doubtful, forget_unsettled, publish_settled, same_mtime
 
 S = 1_000_000_000
 

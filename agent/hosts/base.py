@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
+    from agent.hosts.mirror import Listing
     from agent.hosts.sync import RsyncVersions
 
 
@@ -118,15 +119,6 @@ class Orphan:
     alive: bool
 
 
-@dataclass(frozen=True)
-class MirrorResult:
-    """What one mirror of ``output_dir`` did: bytes over the network, files made visible."""
-
-    bytes_received: int
-    files_published: int
-    files_pending: int
-
-
 class Host(Protocol):
     """A place where runs execute. All methods raise :class:`HostError` on failure."""
 
@@ -178,21 +170,17 @@ class Host(Protocol):
         """Return at most ``limit`` bytes of the run's log starting at byte ``offset``."""
         ...
 
-    def mirror(
-        self,
-        ref: RunRef,
-        output_dir: str,
-        dest: Path,
-        *,
-        final: bool = False,
-        live_files: Sequence[str] = (),
-    ) -> MirrorResult:
-        """Mirror the run's ``output_dir`` into ``dest`` without deleting or half-writing.
+    def list_outputs(self, ref: RunRef, output_dir: str) -> Listing:
+        """Return the run's ``output_dir`` as listed on the host (see :mod:`agent.outputs`)."""
+        ...
 
-        Complete files appear in the cycle that saw them complete; files matching the
-        ``live_files`` patterns appear every cycle as copied (a prefix of a growing file).
-        ``final``: the process has ended; leave nothing of the mirror's own behind.
-        """
+    def pull_outputs(self, ref: RunRef, output_dir: str, staging: Path) -> int:
+        """Copy the run's ``output_dir`` into the local folder ``staging`` (new and changed
+        files, each written whole under a temp name first); return the bytes received."""
+        ...
+
+    def pulls_nanoseconds(self) -> bool:
+        """Return True if pulls compare mtimes to the nanosecond."""
         ...
 
     def seed_output(

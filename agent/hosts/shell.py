@@ -14,7 +14,6 @@ import importlib.resources
 import logging
 import math
 import posixpath
-import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -25,21 +24,13 @@ from agent.hosts.base import (
     HostError,
     Launched,
     LaunchSpec,
-    MirrorResult,
     Orphan,
     ProcStatus,
     RunRef,
     Uploaded,
 )
 from agent.hosts.launcher import CONDA_SH_PLACES, make_launcher, procs_text
-from agent.hosts.mirror import (
-    Listing,
-    ensure_staging,
-    forget_doubtful,
-    forget_unsettled,
-    parse_listing,
-    publish_settled,
-)
+from agent.hosts.mirror import Listing, parse_listing
 from agent.hosts.sync import (
     LocalRsync,
     RsyncVersions,
@@ -421,49 +412,24 @@ class ShellHost:
 
     # -- mirroring -----------------------------------------------------------------------
 
-    def _list(self, ref: RunRef, output_dir: str) -> Listing:
+    def list_outputs(self, ref: RunRef, output_dir: str) -> Listing:
+        """Return the helper's listing of the run's ``output_dir``."""
         out_dir = posixpath.join(self.remote_dir(ref), output_dir)
         run_dir = self.remote_dir(ref)
         return parse_listing(self._helper("list", run_dir, ref.run_id, out_dir).stdout)
 
-    def mirror(
-        self,
-        ref: RunRef,
-        output_dir: str,
-        dest: Path,
-        *,
-        final: bool = False,
-        live_files: Sequence[str] = (),
-    ) -> MirrorResult:
-        """Mirror the run's ``output_dir`` into ``dest``: complete files, and live ones.
+    def pulls_nanoseconds(self) -> bool:
+        """Return True if a pull compares mtimes to the nanosecond (both rsyncs >= 3.1.3)."""
+        return self._supported_versions().pull_ns
 
-        rsync fills a hidden staging dir next to ``dest``; a file is published (hard link
-        + rename, so never half-written) in this cycle when it is complete (see
-        :func:`agent.hosts.mirror.publish_settled`); a file matching ``live_files`` is
-        published as the copy this cycle made. Nothing in ``dest`` is ever deleted. With
-        ``final`` and nothing left pending, the staging dir is removed. An agent rsync
-        that compares whole seconds only gets the staged copies it could leave stale
-        removed first.
-        """
-        pull_ns = self._supported_versions().pull_ns
-        before = self._list(ref, output_dir)
-        if not before.files:
-            return MirrorResult(0, 0, 0)
-        staging = ensure_staging(dest)
-        if not pull_ns:
-            forget_doubtful(before, staging)
+    def pull_outputs(self, ref: RunRef, output_dir: str, staging: Path) -> int:
+        """rsync the run's ``output_dir`` into ``staging`` (a folder on the agent's side,
+        written to temp names and renamed; ``--delete`` only there); return bytes received."""
         src = posixpath.join(self.remote_dir(ref), output_dir)
         argv = make_pull_argv(
             self.transport.rsync_target(src),
             str(staging),
             self.transport.rsync_shell(),
-            receiver_ns=pull_ns,
+            receiver_ns=self.pulls_nanoseconds(),
         )
-        stats = run_rsync(argv, timeout=self.rsync_timeout, ok_codes=(0, 24))
-        after = self._list(ref, output_dir)
-        published, pending = publish_settled(before, after, staging, dest, live_files)
-        if not pull_ns:
-            forget_unsettled(before, after, staging)
-        if final and not pending:
-            shutil.rmtree(staging)
-        return MirrorResult(stats.bytes_received, published, pending)
+        return run_rsync(argv, timeout=self.rsync_timeout, ok_codes=(0, 24)).bytes_received
