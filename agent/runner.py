@@ -18,6 +18,7 @@ from agent.runrecord import RunRecord, Stopped, share_full
 # The launcher on the host ends a run at its limit; the agent steps in only this much
 # later (a launcher killed from outside, or a host clock far off).
 TIMEOUT_SLACK = 30.0
+LOG_CHUNK = 1 << 20  # the most of the log one helper call brings back
 
 
 class RunDriver(RunRecord):
@@ -103,7 +104,8 @@ class RunDriver(RunRecord):
                 uploaded.moved_aside,
             )
         reuse.drop_staged_code(self)
-        self.save()
+        if uploaded.moved_aside:  # the rest reaches run.info with the next state
+            self.save()
         if self.cancel_requested():
             self.host.cleanup(self.ref)
             self.end(runinfo.CANCELLED, "cancelled before it started")
@@ -179,22 +181,37 @@ class RunDriver(RunRecord):
         except HostError as exc:
             self.ctx.log.error("%s: cannot clean up after it: %s", self.ref.label, exc)
 
-    def pull_log(self) -> None:
-        """Append the log's new bytes to ``log.log`` (never through a link someone put there:
-        the script's output would be appended to any file the agent may write)."""
+    def log_offset(self) -> int:
+        """Return the size of ``log.log``, where the next bytes of the log go (a link
+        someone put there is removed first: the script's output would be appended to
+        any file the agent may write)."""
         log_path = self.run_dir / "log.log"
         if log_path.is_symlink():
             self.ctx.log.warning("%s: log.log was replaced by a link; removed", self.ref.label)
             log_path.unlink()
-        offset = log_path.stat().st_size if log_path.exists() else 0
+        return log_path.stat().st_size if log_path.exists() else 0
+
+    def pull_log(self, polled: tuple[int, bytes] | None = None) -> None:
+        """Append the log's new bytes to ``log.log`` (never through a link).
+
+        ``polled`` is (offset, bytes) of the log as already read with the status; used
+        if ``log.log`` still ends at that offset, and the rest is read from there.
+        """
+        log_path = self.run_dir / "log.log"
+        offset = self.log_offset()
+        chunk = polled[1] if polled is not None and polled[0] == offset else None
         while True:
-            chunk = self.host.read_log(self.ref, offset)
+            if chunk is None:
+                chunk = self.host.read_log(self.ref, offset, LOG_CHUNK)
             if not chunk:
                 return
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
             with os.fdopen(os.open(log_path, flags, 0o666), "ab") as out:
                 out.write(chunk)
             offset += len(chunk)
+            if len(chunk) < LOG_CHUNK:  # the end of the log as it was a moment ago
+                return
+            chunk = None
 
     def mirror(self, final: bool = False) -> int:
         """Mirror ``output_dir`` into ``output/``, count the bytes; return files still pending."""
@@ -213,10 +230,11 @@ class RunDriver(RunRecord):
 
     def watch(self) -> None:
         """Stream the log and mirror outputs until the process ends, times out or is cancelled."""
-        if self.info.bin_sha256 is None:
-            reuse.archive_run(self)
-        if self.info.environment is None:
-            envcapture.capture(self, self.launch_spec().cuda_visible_devices)
+        with self.saved_once():  # both are for the record only: redone after a restart
+            if self.info.bin_sha256 is None:
+                reuse.archive_run(self)
+            if self.info.environment is None:
+                envcapture.capture(self, self.launch_spec().cuda_visible_devices)
         # Cycles are timed from the start of a mirror, so one lasts backup_every however
         # long the mirror takes (while it takes less).
         next_mirror = self.ctx.clock() + self.settings.backup_every
@@ -225,10 +243,11 @@ class RunDriver(RunRecord):
             if not self.run_dir.is_dir():
                 raise FileNotFoundError(errno.ENOENT, "run folder deleted", str(self.run_dir))
             try:
-                status = self.host.status(self.ref)
+                offset = self.log_offset()
+                status, chunk = self.host.poll(self.ref, offset, LOG_CHUNK)
                 if self.info.state == runinfo.PENDING and status.state != "pending":
                     self.started(status.start_epoch or int(self.ctx.clock()))
-                self.pull_log()
+                self.pull_log((offset, chunk))
                 if status.state in ("exited", "vanished"):
                     break
                 if self.cancel_requested():
@@ -277,30 +296,38 @@ class RunDriver(RunRecord):
 
     def finish(self) -> None:
         """Final log pull and mirror, clean up the host, and reach the terminal state."""
-        status: ProcStatus = self.retry(lambda: self.host.status(self.ref), "status")
-        if status.state != "not_started":
-            # Also after a normal exit: background jobs the script left in its process
-            # group must not outlive the run dir, which is removed below.
-            self.retry(lambda: self.host.kill(self.ref, self.ctx.config.kill_grace), "kill")
-            if status.state == "running":  # reattached after a kill during finishing
-                status = self.host.status(self.ref)
-        self.retry(self.pull_log, "log pull", wait_for_space=True)
-        for _ in range(3):
-            if not self.retry(lambda: self.mirror(final=True), "final mirror", wait_for_space=True):
-                break
-        else:
-            self.ctx.log.warning("%s: some outputs kept changing; not mirrored", self.ref.label)
-        if not self.info.outcome:
-            # Recorded before the clean-up removes the exit status: an agent killed after
-            # the clean-up resumes here and must still know how the script ended.
-            self.info.outcome, self.info.reason = outcome_of(status)
-            if status.timed_out:
-                self.info.outcome, self.info.reason = runinfo.TIMED_OUT, self.time_limit_reason()
-        if status.exit_code is not None:
-            self.info.exit_code = status.exit_code
-        if status.end_epoch is not None and self.info.end_epoch is None:
-            self.info.end_epoch = status.end_epoch  # the real end, also if the agent was away
-        self.save()
+        # Also after a normal exit: background jobs the script left in its process group
+        # must not outlive the run dir, which is removed below. The status is the one
+        # after that (a run reattached after a kill during finishing has ended by then).
+        offset = self.log_offset()
+        grace = self.ctx.config.kill_grace
+        status: ProcStatus
+        status, chunk = self.retry(
+            lambda: self.host.stop(self.ref, grace, offset, LOG_CHUNK), "kill"
+        )
+        self.retry(lambda: self.pull_log((offset, chunk)), "log pull", wait_for_space=True)
+        with self.saved_once():  # the mirror's figures and the outcome, in one save
+            for _ in range(3):
+                if not self.retry(
+                    lambda: self.mirror(final=True), "final mirror", wait_for_space=True
+                ):
+                    break
+            else:
+                self.ctx.log.warning("%s: some outputs kept changing; not mirrored", self.ref.label)
+            if not self.info.outcome:
+                # Recorded before the clean-up removes the exit status: an agent killed
+                # after the clean-up resumes here and must still know how the script ended.
+                self.info.outcome, self.info.reason = outcome_of(status)
+                if status.timed_out:
+                    self.info.outcome, self.info.reason = (
+                        runinfo.TIMED_OUT,
+                        self.time_limit_reason(),
+                    )
+            if status.exit_code is not None:
+                self.info.exit_code = status.exit_code
+            if status.end_epoch is not None and self.info.end_epoch is None:
+                self.info.end_epoch = status.end_epoch  # the real end, also if the agent was away
+            self.save()
         self.retry(lambda: self.host.cleanup(self.ref), "clean-up")
         self.end(self.info.outcome, self.info.reason, self.info.exit_code, self.info.end_epoch)
 

@@ -6,8 +6,9 @@ once (atomically), so an agent killed at any moment resumes from what is there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class RunRecord:
         self.host_config = ctx.config.hosts[self.host.name]
         self.project_dir = run_dir.parent.parent
         self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
+        self.deferring = False  # inside saved_once: save() only notes that a save is due
+        self.unsaved = False
         self.reason_before_full: str | None = None
         self.sync_seen: tuple[tuple[str, int, int], ...] = ()  # the sync files handled
 
@@ -82,8 +85,27 @@ class RunRecord:
             info.gpus, info.gpu_ids = len(placement.gpus), list(placement.gpus)
         return (info.host, info.group, info.gpus, info.gpu_ids) != before
 
-    def save(self) -> None:
-        """Write run.info atomically; say so in the log if someone else changed it."""
+    @contextlib.contextmanager
+    def saved_once(self) -> Iterator[None]:
+        """Within the block, save run.info once at its end instead of at every change.
+
+        Only for changes a restart does not resume from (each save is an fsync).
+        """
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+            if self.unsaved:
+                self.save()
+
+    def save(self, now: bool = False) -> None:
+        """Write run.info atomically (inside :meth:`saved_once` only if ``now``); say so in
+        the log if someone else changed it."""
+        if self.deferring and not now:
+            self.unsaved = True
+            return
+        self.unsaved = False
         if _peek(self.info_path) != self.written:
             self.ctx.log.warning(
                 "%s: run.info was changed or removed by someone else; the agent rewrites it "
@@ -188,7 +210,7 @@ class RunRecord:
         self.info.reason = f"waiting for space on the share to finish the sync: {exc}"
         self.ctx.log.warning("%s: %s", self.ref.label, self.info.reason)
         try:
-            self.save()
+            self.save(now=True)  # the wait may be long: say why at once
         except OSError as save_exc:
             self.ctx.log.warning("%s: cannot update run.info: %s", self.ref.label, save_exc)
 

@@ -174,6 +174,18 @@ class Host(Protocol):
         """Return the run's ``output_dir`` as listed on the host (see :mod:`agent.outputs`)."""
         ...
 
+    def poll(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> tuple[ProcStatus, bytes]:
+        """Return :meth:`status` and :meth:`read_log` ``(offset, limit)`` together (no log
+        while pending)."""
+        ...
+
+    def stop(
+        self, ref: RunRef, grace: float, offset: int, limit: int = 1 << 20
+    ) -> tuple[ProcStatus, bytes]:
+        """Kill what is left of a started run (:meth:`kill`); return its status after that
+        and :meth:`read_log` ``(offset, limit)``."""
+        ...
+
     def pull_outputs(self, ref: RunRef, output_dir: str, staging: Path) -> int:
         """Copy the run's ``output_dir`` into the local folder ``staging`` (new and changed
         files, each written whole under a temp name first); return the bytes received."""

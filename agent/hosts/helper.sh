@@ -9,6 +9,9 @@
 # A run dir belongs to exactly one run: its .droprun/run_id holds the run's id, and every
 # verb that acts on a run dir checks it, so a leftover of another run is never adopted.
 
+NL='
+'
+
 die() {  # die STATUS MESSAGE
     printf 'droprun-helper: %s\n' "$2" >&2
     exit "$1"
@@ -77,10 +80,12 @@ do_write() {  # write FILE: stdin to FILE, atomically
     mv -f -- "$tmp" "$1" || die 3 "cannot rename $tmp to $1"
 }
 
-do_launch() {  # launch RUNDIR ID: start .droprun/launch.sh once, detached; print "PID START"
+do_launch() {  # launch RUNDIR ID: write stdin to .droprun/launch.sh, start it once,
+    # detached; print "PID START"
     cd -- "$1" || die 3 "run dir $1 does not exist"
     require_owned . "$2"
-    [ -f .droprun/launch.sh ] || die 3 "$1/.droprun/launch.sh does not exist"
+    [ -d .droprun ] || die 3 "$1/.droprun does not exist"
+    do_write .droprun/launch.sh
     if [ ! -d .droprun/launched ]; then
         need setsid env grep cut sort date sleep mv
     fi
@@ -130,6 +135,30 @@ do_log() {  # log RUNDIR ID OFFSET LIMIT: print LIMIT bytes of the log from OFFS
     require_owned "$1" "$2"
     [ -f "$1/.droprun/log" ] || return 0
     tail -c +"$(($3 + 1))" -- "$1/.droprun/log" | head -c "$4"
+}
+
+do_poll() {  # poll RUNDIR ID OFFSET LIMIT: the status line, then LIMIT bytes of the log
+    # from OFFSET: what the agent asks on every turn of its watch, in one call
+    po_status=$(do_status "$1" "$2") || exit $?
+    printf '%s\n' "$po_status"
+    do_log "$1" "$2" "$3" "$4"
+}
+
+do_stop() {  # stop RUNDIR ID GRACE OFFSET LIMIT: kill what is left of a started run (see
+    # kill); print its status after that, then LIMIT bytes of the log from OFFSET
+    so_status=$(do_status "$1" "$2") || exit $?
+    case $so_status in
+        not_started*) ;;
+        exited*)  # background jobs must not outlive the run dir: one look, if none, done
+            [ -z "$(run_pids "$2" "$(read_pid "$1")" "")" ] || do_kill "$1" "$2" "$3"
+            ;;
+        *)
+            do_kill "$1" "$2" "$3"
+            case $so_status in running*) so_status=$(do_status "$1" "$2") || exit $? ;; esac
+            ;;
+    esac
+    printf '%s\n' "$so_status"
+    do_log "$1" "$2" "$4" "$5"
 }
 
 list_files() {  # list_files: "TYPE\0PATH\0SIZE\0MTIME\0" for each file and link under .
@@ -301,15 +330,27 @@ do_envinfo() {  # envinfo CONDA_ENV VENV GPUS PIP_KEY CONDA_KEY CONDA_SH...: the
             fi
         done
     fi
-    ei_section python
-    if [ -n "$ei_py" ]; then ei_run "$ei_py" --version; echo "$ei_py"; else echo @@absent@@; fi
-    ei_key=
+    # One start of python for its version and the key (a start can take 0.1 s or more).
+    ei_state=
     if [ -n "$ei_py" ]; then
-        ei_state=$("$ei_py" -c 'import os, sys
+        ei_state=$(ei_run "$ei_py" -c 'import os, sys
+print("Python " + sys.version.split()[0])
 for p in sys.path:
-    if os.path.isdir(p): print(p, os.stat(p).st_mtime_ns)' 2>/dev/null) &&
-            [ -n "$ei_state" ] && ei_key=$(printf '%s\n' "$ei_state" | cksum)
+    if os.path.isdir(p): print(p, os.stat(p).st_mtime_ns)')
     fi
+    ei_section python
+    if [ -z "$ei_py" ]; then
+        echo @@absent@@
+    elif [ "$ei_state" = @@absent@@ ]; then  # a python that runs no code: its version still
+        ei_run "$ei_py" --version
+        echo "$ei_py"
+    else
+        printf '%s\n%s\n' "${ei_state%%"$NL"*}" "$ei_py"
+    fi
+    ei_key=
+    case $ei_state in
+        *"$NL"*) ei_key=$(printf '%s\n' "${ei_state#*"$NL"}" | cksum) ;;
+    esac
     ei_section pip-key
     echo "$ei_key"
     ei_section pip
@@ -356,6 +397,8 @@ case "$VERB" in
     launch) need_args 2 $#; do_launch "$1" "$2" ;;
     status) need_args 2 $#; do_status "$1" "$2" ;;
     log) need_args 4 $#; do_log "$1" "$2" "$3" "$4" ;;
+    poll) need_args 4 $#; do_poll "$1" "$2" "$3" "$4" ;;
+    stop) need_args 5 $#; do_stop "$1" "$2" "$3" "$4" "$5" ;;
     list) need_args 3 $#; do_list "$1" "$2" "$3" ;;
     mkdir) need_args 1 $#; mkdir -p -- "$1" ;;
     kill) need_args 3 $#; do_kill "$1" "$2" "$3" ;;

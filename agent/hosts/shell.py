@@ -16,10 +16,10 @@ import math
 import posixpath
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent.envcapture import parse_sections, reuse_lists
+from agent.envcapture import parse_sections
 from agent.hosts.base import (
     HostError,
     Launched,
@@ -29,10 +29,12 @@ from agent.hosts.base import (
     RunRef,
     Uploaded,
 )
+from agent.hosts.envcache import EnvCache
 from agent.hosts.launcher import CONDA_SH_PLACES, make_launcher, procs_text
 from agent.hosts.mirror import Listing, parse_listing
 from agent.hosts.sync import (
     LocalRsync,
+    RsyncStats,
     RsyncVersions,
     make_pull_argv,
     make_seed_argv,
@@ -63,6 +65,12 @@ def parse_status(out: bytes) -> ProcStatus:
         end_epoch=_number(end),
         start_epoch=_number(start),
     )
+
+
+def parse_polled(out: bytes) -> tuple[ProcStatus, bytes]:
+    """Parse ``poll`` or ``stop`` output: a status line, then log bytes (pure)."""
+    line, _, log_bytes = out.partition(b"\n")
+    return parse_status(line), log_bytes
 
 
 def parse_launched(out: bytes) -> Launched:
@@ -130,7 +138,9 @@ class ShellHost:
         self._local_rsync = local_rsync or LocalRsync()
         self._versions_lock = threading.Lock()
         self._remote_rsync: str | None = None
-        self._env_lists: dict[tuple[str | None, str | None], dict[str, str | None]] = {}
+        self._env = EnvCache()
+        self._gpu_names: dict[str, list[str] | None] = {}
+        self._made_parents: set[str] = set()  # caches' parents known to exist
 
     # -- paths -------------------------------------------------------------------------
 
@@ -272,30 +282,38 @@ class ShellHost:
         """Return the names of the GPUs ``devices`` (all if None) via ``nvidia-smi``.
 
         Returns None when the host has no ``nvidia-smi``. Raises HostError if it fails.
+        Asked once per set of devices: a host's GPUs do not change while the agent runs.
         """
-        out = self._helper("gpus", devices or "").stdout.decode(errors="replace")
-        if out.startswith("no-nvidia-smi"):
-            return None
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        key = devices or ""
+        if key not in self._gpu_names:
+            out = self._helper("gpus", key).stdout.decode(errors="replace")
+            names = None
+            if not out.startswith("no-nvidia-smi"):
+                names = [line.strip() for line in out.splitlines() if line.strip()]
+            self._gpu_names[key] = names
+        names = self._gpu_names[key]
+        return None if names is None else list(names)
 
     def environment(
         self, conda_env: str | None, venv: str | None, devices: str | None
     ) -> dict[str, str | None]:
         """Return the sections of the ``envinfo`` helper's output: one call for all of it.
 
-        The package lists of the last call for the same ``conda_env`` and ``venv`` are kept,
-        and the helper is asked to skip listing them again while they are unchanged.
+        Runs that start together ask one after another (see :class:`EnvCache`). The package
+        lists of the last call for the same ``conda_env`` and ``venv`` are kept, and the
+        helper is asked to skip listing them again while they are unchanged.
         """
         if self.config.conda_sh:
             places = [self.config.conda_sh]
         else:
             places = [f"{place}/etc/profile.d/conda.sh" for place in CONDA_SH_PLACES]
-        known = self._env_lists.get((conda_env, venv), {})
-        keys = (known.get("pip-key") or "", known.get("conda-key") or "")
-        argv = (conda_env or "", venv or "", devices or "", *keys, *places)
-        out = self._helper("envinfo", *argv, timeout=300.0).stdout
-        sections, self._env_lists[(conda_env, venv)] = reuse_lists(parse_sections(out), known)
-        return sections
+
+        def ask(known: Mapping[str, str | None]) -> dict[str, str | None]:
+            keys = (known.get("pip-key") or "", known.get("conda-key") or "")
+            argv = (conda_env or "", venv or "", devices or "", *keys, *places)
+            return parse_sections(self._helper("envinfo", *argv, timeout=300.0).stdout)
+
+        return self._env.get(conda_env, venv, ask)
 
     # -- rsync at both ends -----------------------------------------------------------------
 
@@ -352,11 +370,26 @@ class ShellHost:
         # Runs of one project in several slots share the cache: one rsync into it at a
         # time, and no copy out of it while another rsync renames files in it.
         with self._cache_lock(ref.project):
-            self._helper("mkdir", posixpath.dirname(cache))
-            stats = run_rsync(argv, timeout=self.rsync_timeout)
+            stats = self._upload_to_cache(cache, argv)
             out = self._helper("prepare", cache, self.remote_dir(ref), ref.run_id).stdout
         word, _, aside = out.decode(errors="surrogateescape").partition("\n")
         return Uploaded(stats.bytes_sent, aside if word == "moved" else None)
+
+    def _upload_to_cache(self, cache: str, argv: list[str]) -> RsyncStats:
+        """rsync into ``cache``, making its parent first unless it was made before.
+
+        A parent made earlier may be gone since (a host that lost /tmp): a failed rsync
+        is tried once more after making it.
+        """
+        parent = posixpath.dirname(cache)
+        if parent in self._made_parents:
+            try:
+                return run_rsync(argv, timeout=self.rsync_timeout)
+            except HostError:
+                self._made_parents.discard(parent)
+        self._helper("mkdir", parent)
+        self._made_parents.add(parent)
+        return run_rsync(argv, timeout=self.rsync_timeout)
 
     def _cache_lock(self, project: str) -> threading.Lock:
         """Return the lock that serialises uploads into ``project``'s cache."""
@@ -364,16 +397,49 @@ class ShellHost:
             return self._cache_locks.setdefault(project, threading.Lock())
 
     def launch(self, ref: RunRef, spec: LaunchSpec) -> Launched:
-        """Write the launcher into the run dir and start it once; return pid and start."""
+        """Write the launcher into the run dir and start it once (one helper call); return
+        pid and start."""
         run_dir = self.remote_dir(ref)
         spec = dataclasses.replace(spec, run_id=ref.run_id)
         script = make_launcher(spec, self.config.conda_sh).encode()
-        self._helper("write", posixpath.join(run_dir, ".droprun", "launch.sh"), stdin=script)
-        return parse_launched(self._helper("launch", run_dir, ref.run_id).stdout)
+        return parse_launched(self._helper("launch", run_dir, ref.run_id, stdin=script).stdout)
 
     def status(self, ref: RunRef) -> ProcStatus:
         """Return the state of the run's processes."""
         return parse_status(self._helper("status", self.remote_dir(ref), ref.run_id).stdout)
+
+    def poll(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> tuple[ProcStatus, bytes]:
+        """Return the run's status and up to ``limit`` bytes of its log from ``offset``.
+
+        One helper call; a subclass with its own ``status`` (a scheduler's) gets that
+        status and the log of a run that is not pending.
+        """
+        if type(self).status is not ShellHost.status:
+            status = self.status(ref)
+            return status, b"" if status.state == "pending" else self.read_log(ref, offset, limit)
+        run_dir = self.remote_dir(ref)
+        return parse_polled(
+            self._helper("poll", run_dir, ref.run_id, str(offset), str(limit)).stdout
+        )
+
+    def stop(
+        self, ref: RunRef, grace: float, offset: int, limit: int = 1 << 20
+    ) -> tuple[ProcStatus, bytes]:
+        """Kill what is left of a started run (as :meth:`kill`); return its status after
+        that and up to ``limit`` bytes of its log from ``offset``.
+
+        One helper call; a subclass with its own ``status`` or ``kill`` gets those.
+        """
+        if type(self).status is not ShellHost.status or type(self).kill is not ShellHost.kill:
+            status = self.status(ref)
+            if status.state != "not_started":
+                self.kill(ref, grace)
+                if status.state == "running":
+                    status = self.status(ref)
+            return status, self.read_log(ref, offset, limit)
+        seconds = max(0, math.ceil(grace))
+        argv = (self.remote_dir(ref), ref.run_id, str(seconds), str(offset), str(limit))
+        return parse_polled(self._helper("stop", *argv, timeout=seconds + 30.0).stdout)
 
     def read_log(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> bytes:
         """Return up to ``limit`` bytes of the run's log from byte ``offset``."""
