@@ -208,6 +208,61 @@ def test_read_log_with_offsets(host: ShellHost, tmp_path: Path) -> None:
     _reap_group(pid)
 
 
+def test_poll_gives_status_and_new_log_bytes(host: ShellHost, tmp_path: Path) -> None:
+    """One call per turn of the watch: the status and the log from an offset, at most
+    ``limit`` bytes of it; nothing of a run not started yet."""
+    ref = ref_of("proj", 0)
+    host.upload(
+        ref,
+        _bin(
+            tmp_path,
+            "#!/bin/sh\nprintf 'abc'\nwhile [ ! -f go ]; do sleep 0.05; done\nprintf 'defg'\n",
+        ),
+        [],
+    )
+    assert host.poll(ref, 0) == (ProcStatus("not_started"), b"")
+    pid = host.launch(ref, LaunchSpec("run.sh")).pid
+    _poll("the first bytes", lambda: host.read_log(ref, 0) == b"abc")
+    status, chunk = host.poll(ref, 1)
+    assert (status.state, status.pid, chunk) == ("running", pid, b"bc")
+    (Path(host.remote_dir(ref)) / "go").touch()
+    _wait_exit(host, ref)
+    status, chunk = host.poll(ref, 3, 2)
+    assert (status.state, status.exit_code, chunk) == ("exited", 0, b"de")
+    assert host.poll(ref, 7)[1] == b""
+    assert pid is not None
+    _reap_group(pid)
+
+
+@pytest.mark.parametrize("script", [COOPERATIVE, "#!/bin/sh\nsleep 300 &\necho up > up\n"])
+def test_stop_kills_what_is_left_and_says_how_it_ended(
+    host: ShellHost, tmp_path: Path, script: str
+) -> None:
+    """The finish phase's one call: a running script is killed (its end recorded), and
+    the background job of a script that exited is killed too; then the log."""
+    ref = _start(host, tmp_path, script)
+    run_dir = Path(host.remote_dir(ref))
+    _poll("the script to start", (run_dir / "up").exists)
+    pgid = host.status(ref).pid
+    assert pgid is not None
+    if script != COOPERATIVE:
+        _wait_exit(host, ref)
+    status, chunk = host.stop(ref, 1.0, 0)
+    assert status.state == "exited" and chunk == host.read_log(ref, 0)
+    assert status.exit_code is not None
+    assert status.exit_code >= 128 if script == COOPERATIVE else status.exit_code == 0
+    _reap_group(pgid)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    assert host.stop(ref, 1.0, 0)[0] == status  # a second stop is harmless
+
+
+def test_gpu_names_none_without_nvidia_smi(host: ShellHost) -> None:
+    """Asked once per device set; a host without nvidia-smi has none to name."""
+    assert host.gpu_names("0") is None
+    assert host.gpu_names() is None
+
+
 WRITER = r"""
 import os, sys, time
 

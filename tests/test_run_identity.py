@@ -148,11 +148,14 @@ def test_a_stranger_still_running_is_left_alone(host: ShellHost, tmp_path: Path)
         assert uploaded.moved_aside and Path(uploaded.moved_aside).parent == run_dir.parent
         aside = Path(uploaded.moved_aside)
         assert (aside / "up").exists() and not (run_dir / "up").exists()
-        # Every verb refuses the dir of another run: status, log, kill, clean-up, launch.
+        # Every verb refuses the dir of another run: status, log, poll, kill, stop,
+        # clean-up, launch.
         for verb in (
             lambda: host.status(stranger),
             lambda: host.read_log(stranger, 0),
+            lambda: host.poll(stranger, 0),
             lambda: host.kill(stranger, 1.0),
+            lambda: host.stop(stranger, 1.0, 0),
             lambda: host.cleanup(stranger),
             lambda: host.launch(stranger, LaunchSpec("run.sh")),
         ):
