@@ -3,8 +3,8 @@ interpreter.
 
 Listing packages (pip freeze, conda list) takes seconds; the helper skips it while the
 packages are unchanged since the list kept here. Runs that start together would each list
-them before any list is kept, all at once: they ask one after another instead, so only
-the first lists them.
+them before any list is kept, all at once: until a list is kept they ask one after
+another, so only the first lists them; after that they ask side by side.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ Sections = dict[str, str | None]
 
 
 class EnvCache:
-    """Package lists (with their keys) per (conda_env, venv), and a lock for each."""
+    """Package lists (with their keys) per (conda_env, venv), and a lock for each (held
+    across a call only while no list is kept)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -40,6 +41,11 @@ class EnvCache:
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
-            known = self._lists.get(key, {})
-            sections, self._lists[key] = reuse_lists(ask(known), known)
-            return sections
+            known = self._lists.get(key)
+            if known is None:  # the first call lists the packages; the others wait for it
+                sections, self._lists[key] = reuse_lists(ask({}), {})
+                return sections
+        sections, kept = reuse_lists(ask(known), known)
+        with key_lock:
+            self._lists[key] = kept
+        return sections

@@ -299,7 +299,7 @@ class ShellHost:
     ) -> dict[str, str | None]:
         """Return the sections of the ``envinfo`` helper's output: one call for all of it.
 
-        Runs that start together ask one after another (see :class:`EnvCache`). The package
+        The first runs that start together ask one by one (see :class:`EnvCache`). The package
         lists of the last call for the same ``conda_env`` and ``venv`` are kept, and the
         helper is asked to skip listing them again while they are unchanged.
         """
