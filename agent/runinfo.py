@@ -16,6 +16,7 @@ from typing import Any
 
 import tomlkit
 
+from agent import tomlwrite
 from agent.fsutil import atomic_write, read_plain
 from agent.problems import UserError
 
@@ -168,6 +169,17 @@ class RunInfo:
 
     def to_toml(self) -> str:
         """Return the TOML text of this run.info, ``format`` first."""
+        data: dict[str, Any] = {"format": FORMAT}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name not in ("effective", "notify", "history"):
+                data[f.name] = value
+        for name in ("effective", "notify", "history"):
+            if getattr(self, name):
+                data[name] = getattr(self, name)
+        text = tomlwrite.dumps(data)
+        if text is not None:
+            return text
         doc = tomlkit.document()
         doc.add("format", FORMAT)
         for f in fields(self):
