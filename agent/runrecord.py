@@ -50,6 +50,8 @@ class RunRecord:
         """Load the run; ``placement`` is where the scheduler put it (default: its host)."""
         self.ctx = ctx
         self.run_dir = run_dir
+        self.deferring = False  # inside saved_once: save() only notes that a save is due
+        self.unsaved = False
         self.info_path = run_dir / "run.info"
         self.info = runinfo.load(self.info_path)
         self.written = _peek(self.info_path)  # to notice edits made by someone else
@@ -66,8 +68,6 @@ class RunRecord:
         self.host_config = ctx.config.hosts[self.host.name]
         self.project_dir = run_dir.parent.parent
         self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
-        self.deferring = False  # inside saved_once: save() only notes that a save is due
-        self.unsaved = False
         self.reason_before_full: str | None = None
         self.sync_seen: tuple[tuple[str, int, int], ...] = ()  # the sync files handled
 
