@@ -42,11 +42,14 @@ def _kind_of_host(
     """Return the kind a host table names (``local`` if it names none and has no key of
     another kind), or None and the problem."""
     if "kind" not in data:
-        for kind in kinds.values():
-            owned = [spec.name for spec in kind.own_fields() if spec.name in data]
-            if owned:
-                message = f'missing: a host with {owned[0]} needs kind = "{kind.name}"'
-                return None, [source.problem((*path, "kind"), message)]
+        owners = {k: [s.name for s in k.own_fields() if s.name in data] for k in kinds.values()}
+        owners = {k: owned for k, owned in owners.items() if owned}
+        if owners:
+            # The kind that owns the most of its keys, the simplest of those (a slurm host
+            # has an ssh host's keys too: an address alone means ssh).
+            kind = min(owners, key=lambda k: (-len(owners[k]), len(k.own_fields())))
+            message = f'missing: a host with {owners[kind][0]} needs kind = "{kind.name}"'
+            return None, [source.problem((*path, "kind"), message)]
         return kinds[LOCAL_HOST], []
     names = ValueType("string", choice(*kinds))
     try:

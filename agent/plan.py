@@ -16,9 +16,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from agent.durations import format_duration
 from agent.problems import InvalidFile, Problem
 from agent.rerun import reference_problems
-from agent.schema import AgentConfig
+from agent.schema import AgentConfig, RunSettings
 from agent.settings import MAX_REQUEST_BYTES, Effective, merge, read_file
 from agent.sweep import Scalar, Sweep, clashes, run_layer
 from agent.tomlsrc import scan_keys
@@ -67,9 +68,11 @@ def gpu_problems(
     where: Callable[[str], tuple[str, int | None]],
 ) -> list[Problem]:
     """Return the problem of a ``gpus`` that no host the run may go to can ever give."""
-    members = config.groups.get(target, (target,))
-    most = max((len(config.hosts[m].gpus) for m in members if m in config.hosts), default=0)
-    if gpus is None or gpus <= most:
+    members = [config.hosts[m] for m in config.groups.get(target, (target,)) if m in config.hosts]
+    if gpus is None or any(host.assigns_gpus for host in members):
+        return []  # a cluster's scheduler tells for itself
+    most = max((len(host.gpus) for host in members), default=0)
+    if gpus <= most:
         return []
     file, line = where("gpus")
     if target in config.groups:
@@ -77,6 +80,19 @@ def gpu_problems(
     else:
         what = f"host {target} lists {most} in its gpus"
     return [Problem(file, line, "gpus", f"found {gpus} GPUs, expected at most {most}: {what}")]
+
+
+def signal_problems(
+    settings: RunSettings, where: Callable[[str], tuple[str, int | None]]
+) -> list[Problem]:
+    """Return the problem of a ``signal_before_timeout`` that comes before the run starts."""
+    before = settings.signal_before_timeout
+    if before is None or before < settings.timeout:
+        return []
+    file, line = where("signal_before_timeout")
+    limit = format_duration(settings.timeout)
+    message = f"found {format_duration(before)}, expected less than the timeout ({limit})"
+    return [Problem(file, line, "signal_before_timeout", message)]
 
 
 def plan_runs(
@@ -95,6 +111,7 @@ def plan_runs(
     where = _locator(config, project, request_name, data, effective)
     problems = reference_problems(project, effective, where)
     problems += gpu_problems(config, effective.settings.host, effective.settings.gpus, where)
+    problems += signal_problems(effective.settings, where)
     sweep: Sweep | None = layer_request.get("sweep")
     if sweep is not None:
         lines = scan_keys(data.decode("utf-8", "replace"))

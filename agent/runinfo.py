@@ -120,6 +120,8 @@ class RunInfo:
     remote_dir: str | None = None
     remote_pid: int | None = None
     job_id: str | None = None
+    partition: str | None = None
+    node: str | None = None
     group: str | None = None
     queued_s: int | None = None
     gpus: int | None = None

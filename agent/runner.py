@@ -12,7 +12,7 @@ import os
 
 from agent import envcapture, outputs, reuse, runinfo
 from agent.archive import tree_signature
-from agent.hosts.base import HostError, LaunchSpec, ProcStatus
+from agent.hosts.base import Allocation, HostError, LaunchSpec, ProcStatus
 from agent.runrecord import RunRecord, Stopped, share_full
 
 # The launcher on the host ends a run at its limit; the agent steps in only this much
@@ -166,6 +166,10 @@ class RunDriver(RunRecord):
             run_id=self.ref.run_id,
             timeout=s.timeout,
             kill_grace=self.ctx.config.kill_grace,
+            signal_before=s.signal_before_timeout or 0,
+            gpus=s.gpus,
+            cpus=s.cpus,
+            mem=s.mem,
         )
 
     def abandon(self) -> None:
@@ -245,7 +249,11 @@ class RunDriver(RunRecord):
             try:
                 offset = self.log_offset()
                 status, chunk = self.host.poll(self.ref, offset, LOG_CHUNK)
-                if self.info.state == runinfo.PENDING and status.state != "pending":
+                if status.allocation is not None:
+                    self.note_allocation(status.allocation)
+                if self.info.state == runinfo.PENDING and (
+                    status.state == "running" or status.start_epoch is not None
+                ):
                     self.started(status.start_epoch or int(self.ctx.clock()))
                 self.pull_log((offset, chunk))
                 if status.state in ("exited", "vanished"):
@@ -254,6 +262,7 @@ class RunDriver(RunRecord):
                     self.stop_process(runinfo.CANCELLED, "cancelled (a cancel file was dropped)")
                     break
                 limit = self.settings.timeout + self.ctx.config.kill_grace + TIMEOUT_SLACK
+                limit += self.host.limit_slack
                 if status.state == "pending":
                     self.note_pending(status.reason)
                 elif self.ctx.clock() - (self.info.start_epoch or self.ctx.clock()) > limit:
@@ -275,6 +284,18 @@ class RunDriver(RunRecord):
                     failing_since = self.ctx.clock()
             self.sleep(min(self.ctx.config.log_every, max(0.0, next_mirror - self.ctx.clock())))
         self.move(runinfo.FINISHING)
+
+    def note_allocation(self, where: Allocation) -> None:
+        """Record where a scheduler put the run (partition, node, GPUs), if that changed."""
+        info = self.info
+        before = (info.partition, info.node, info.gpus, info.gpu_ids)
+        info.partition = where.partition or info.partition
+        info.node = where.node or info.node
+        if where.node is not None and where.gpus is not None:  # held once it runs
+            info.gpus = where.gpus
+            info.gpu_ids = list(where.gpu_ids) if where.gpu_ids is not None else info.gpu_ids
+        if (info.partition, info.node, info.gpus, info.gpu_ids) != before:
+            self.save()
 
     def note_pending(self, why: str | None) -> None:
         """Record in run.info why the host still holds the run back, if that changed."""
@@ -334,6 +355,8 @@ class RunDriver(RunRecord):
 
 def outcome_of(status: ProcStatus) -> tuple[str, str | None]:
     """Return the terminal state and reason for a process that has ended (pure)."""
+    if status.outcome is not None:  # the host's verdict (a scheduler that ended the job)
+        return status.outcome, status.reason
     if status.state == "exited" and status.exit_code == 0:
         return runinfo.SUCCEEDED, None
     if status.state == "exited":

@@ -25,7 +25,9 @@ from agent.schema import HostConfig
 
 def gpus_needed(host: HostConfig, wanted: int | None) -> int:
     """Return how many of ``host``'s GPUs a run takes: ``wanted``, or by default one slot's
-    share of the host's ``gpus`` (pure)."""
+    share of the host's ``gpus``; none on a host whose own scheduler gives them (pure)."""
+    if host.assigns_gpus:
+        return 0
     if wanted is not None:
         return wanted
     return len(host.gpus) // host.slots if host.gpus else 0
@@ -33,9 +35,11 @@ def gpus_needed(host: HostConfig, wanted: int | None) -> int:
 
 @dataclass
 class HostLoad:
-    """One host's runs and free GPUs (guarded by the scheduler's lock)."""
+    """One host's runs and free GPUs (guarded by the scheduler's lock); ``slots`` is how
+    many runs it takes at once (a cluster's ``max_jobs``)."""
 
     config: HostConfig
+    slots: int
     runs: dict[Path, Placement] = field(default_factory=dict)
     free_gpus: list[str] = field(default_factory=list)
     idle_since: float = field(default_factory=time.monotonic)
@@ -45,7 +49,7 @@ class HostLoad:
 
     def fits(self, gpus: int) -> bool:
         """True if a run needing ``gpus`` GPUs can start here now."""
-        return len(self.runs) < self.config.slots and gpus <= len(self.free_gpus)
+        return len(self.runs) < self.slots and gpus <= len(self.free_gpus)
 
     def take(self, run_dir: Path, gpus: int, held: tuple[str, ...] = ()) -> Placement:
         """Give ``run_dir`` a slot and GPUs: those it ``held`` before a restart, else the
@@ -81,7 +85,9 @@ class Scheduler:
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.loads = {name: HostLoad(ctx.config.hosts[name]) for name in ctx.hosts}
+        self.loads = {
+            name: HostLoad(ctx.config.hosts[name], host.slots) for name, host in ctx.hosts.items()
+        }
         self.waiting: list[Waiting] = []
         self.threads: dict[Path, threading.Thread] = {}
         self.changed = threading.Condition()

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from agent.sweep import SWEEP
 from agent.urltypes import EVENTS, NOTIFY_EVENTS, NOTIFY_URLS, WEB_URLS
@@ -45,6 +45,7 @@ from agent.valuetypes import (
     LOCAL_PATH,
     MAC,
     MAX_ITEMS,
+    MEMORY,
     NAME,
     OUTPUT_DIR,
     RELATIVE_PATH,
@@ -201,6 +202,29 @@ class RunSettings:
         example=2,
         check=between(0, MAX_ITEMS, "a number of GPUs"),
     )
+    cpus: int | None = setting(
+        INTEGER,
+        None,
+        "CPU cores the run needs; Slurm hosts ask for them, other hosts ignore it "
+        "(unset: the cluster's default).",
+        example=8,
+        check=between(1, 100000, "a number of CPU cores"),
+    )
+    mem: str | None = setting(
+        MEMORY,
+        None,
+        "Memory the run needs; Slurm hosts ask for it, other hosts ignore it "
+        "(unset: the cluster's default).",
+        example="32G",
+    )
+    signal_before_timeout: int | None = setting(
+        DURATION,
+        None,
+        "Send the script SIGUSR1 this long before its timeout, so that it can save a "
+        "checkpoint (unset: no signal).",
+        example="2m",
+        check=between(1, 65535, "a number of seconds"),
+    )
 
 
 RUN_FIELDS: tuple[Field, ...] = schema_fields(RunSettings)
@@ -222,7 +246,12 @@ REQUEST_ONLY_FIELDS: tuple[Field, ...] = (
 @dataclass(frozen=True, kw_only=True)
 class HostConfig:
     """One ``[hosts.NAME]`` table, validated: the keys every kind of host has. A kind with
-    keys of its own (ssh: address, user...) extends it (:mod:`agent.hosts.kinds`)."""
+    keys of its own (ssh: address, user...) extends it (:mod:`agent.hosts.kinds`).
+
+    ``assigns_gpus`` (of the class, not a key): the host's own scheduler gives each run its
+    GPUs (a cluster), so the agent neither counts nor names them and passes ``gpus`` on."""
+
+    assigns_gpus: ClassVar[bool] = False
 
     name: str
     kind: str = setting(

@@ -385,6 +385,6 @@ def make_context(
 
     ``kinds`` replaces the registry of host kinds (for tests and plug-ins).
     """
-    env = HostEnv(config.state_dir, share.share_id(config.share), LocalRsync())
+    env = HostEnv(config.state_dir, share.share_id(config.share), LocalRsync(), config.log_every)
     hosts = {name: open_host(hc, env, kinds) for name, hc in config.hosts.items()}
     return RunContext(config=config, hosts=hosts, log=log)

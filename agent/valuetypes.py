@@ -369,4 +369,18 @@ RUN_REF = ValueType(
         RUN_REF_RE, 'a run of this project like "run_3" (another project\'s runs cannot be named)'
     ),
 )
+WORD = ValueType(
+    "word",
+    _pattern(
+        re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,-]*"),
+        "a plain word (letters, digits, _ . , -), not starting with -",
+    ),
+)
+MEMORY = ValueType(
+    "memory size",
+    _pattern(
+        re.compile(r"[1-9][0-9]{0,9}[KMGT]?"),
+        'a memory size like "32G" (a whole number, then K, M, G or T; megabytes without)',
+    ),
+)
 USER = ValueType("user name", _pattern(_USER_RE, "a user name (letters, digits, _ . -)"))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 from testbed_netns import netns_host
+from testbed_slurm import SlurmLogin, slurm_login
 from testbed_smb import smbd_server
 
 from testbed import SshServer, TestUser, ensure_test_user, running_sshd
@@ -26,7 +27,7 @@ settings.register_profile("ci", derandomize=True, database=None, print_blob=True
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-__all__ = ["netns_host", "root", "smbd_server", "sshd_server", "test_user"]
+__all__ = ["netns_host", "root", "slurm", "smbd_server", "sshd_server", "test_user"]
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +52,10 @@ def root(tmp_path: Path) -> Iterator[Path]:
     control_dir = make_control_dir(tmp_path / "state", os.geteuid())
     if control_dir.parent == Path("/tmp") and control_dir.exists():
         shutil.rmtree(control_dir)
+
+
+@pytest.fixture(scope="session")
+def slurm(test_user: TestUser) -> Iterator[SlurmLogin]:
+    """One Slurm cluster and its login sshd for the whole session (starting takes seconds)."""
+    with slurm_login(test_user) as login:
+        yield login

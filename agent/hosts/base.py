@@ -63,6 +63,10 @@ class LaunchSpec:
     run_id: str = ""
     timeout: int = 0  # seconds; 0: no limit on the host
     kill_grace: float = 10.0  # seconds between TERM and KILL
+    signal_before: int = 0  # seconds before the limit that the script gets SIGUSR1; 0: none
+    gpus: int | None = None  # for a host that assigns GPUs itself (a cluster)
+    cpus: int | None = None  # for a cluster
+    mem: str | None = None  # for a cluster, like "32G"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,17 @@ class Launched:
     job_id: str
     pid: int | None = None
     start_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Where a scheduler put a run: partition, node, how many GPUs it holds and their ids
+    on the node (None: not known, or not yet)."""
+
+    partition: str | None = None
+    node: str | None = None
+    gpus: int | None = None
+    gpu_ids: tuple[str, ...] | None = None
 
 
 ProcState = Literal["not_started", "pending", "running", "exited", "vanished"]
@@ -88,7 +103,9 @@ class ProcStatus:
     ``exited``: the launcher recorded an exit status; ``vanished``: launched, not alive,
     and no exit status (killed from outside, or the server rebooted). ``timed_out``: the
     launcher ended the script at its time limit; ``end_epoch``: when the script ended, by
-    the host's clock, and ``start_epoch`` when it started.
+    the host's clock, and ``start_epoch`` when it started. ``outcome``: how the run ended
+    when the host says so whatever the exit code ("cancelled", "failed"; ``reason`` says
+    why); ``allocation``: where a scheduler put it.
     """
 
     state: ProcState
@@ -98,6 +115,8 @@ class ProcStatus:
     end_epoch: int | None = None
     start_epoch: int | None = None
     reason: str | None = None
+    outcome: str | None = None
+    allocation: Allocation | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,9 @@ class Host(Protocol):
 
     name: str
     slots: int
+    # How late (s) the host's own time limit may end a run (a scheduler's granularity):
+    # the agent steps in only after that.
+    limit_slack: float
 
     def awake(self) -> bool:
         """Return False if the host is known to sleep (powered off by us, or not answering);

@@ -61,12 +61,23 @@ put start "$(date +%s)"
 put pid "$LAUNCHER"
 trap 'st=$?; put end "$(date +%s)"; finish "$st"' EXIT
 # Trapped, not ignored: the launcher outlives a TERM to its group, the child gets the
-# default handling (an ignored signal would be inherited).
-trap ':' TERM INT
+# default handling (an ignored signal would be inherited). The script runs in the
+# background so that a trapped signal is handled at once: it interrupts the wait below,
+# which then waits again. (A plain sh without bash starts it with INT and QUIT ignored.)
+SIGNALLED=
+CHILD=
+trap 'SIGNALLED=1' TERM INT
+# USR1 (the warning before the time limit, from the watchdog or from Slurm's --signal)
+# goes on to the script.
+trap 'SIGNALLED=1; [ -z "$CHILD" ] || kill -USR1 "$CHILD" 2>/dev/null' USR1
 WATCHDOG=
 if [ {timeout} -gt 0 ]; then
     (
-        sleep {timeout} || exit 0
+        sleep {warn_after} || exit 0
+        if [ {signal_before} -gt 0 ]; then
+            kill -USR1 "$LAUNCHER" 2>/dev/null
+            sleep {signal_before} || exit 0
+        fi
         put timed_out "$(date +%s)"
         exec setsid env -u DROPRUN_RUN_ID sh -c "$SWEEP"'
 sweep "$@"' droprun-sweep "$RUN_ID" "$LAUNCHER" {grace} "$LAUNCHER"
@@ -76,6 +87,9 @@ fi
 # The script's own shell: setup lines may cd or set variables without touching the
 # bookkeeping above. Its exit status is the run's.
 (
+# The warning is for the script: a USR1 during setup (Slurm may send it up to a minute
+# early) must not end the setup lines.
+trap '' USR1
 command -v source >/dev/null 2>&1 || source() { _f=$1; shift; . "$_f"; }
 fail() {  # fail STATUS MESSAGE
     printf 'droprun: %s\n' "$2" >&2
@@ -112,9 +126,18 @@ SCRIPT={script}
 set -- {args}
 # The run's env goes to the script only, through env(1): a variable named like one of
 # ours must not redirect this script's own bookkeeping.
+trap - USR1
 exec env {assignments}DROPRUN_RUN_ID="$RUN_ID" "./$SCRIPT" "$@"
-) </dev/null
-st=$?
+) </dev/null &
+CHILD=$!
+while :; do
+    SIGNALLED=
+    wait "$CHILD"
+    st=$?
+    # Above 128 after a trapped signal: the wait was interrupted, and a script that goes
+    # on is waited for again. (Not one that ended meanwhile: bash may have forgotten it.)
+    [ -n "$SIGNALLED" ] && [ "$st" -gt 128 ] && kill -0 "$CHILD" 2>/dev/null || break
+done
 put end "$(date +%s)"
 if [ -n "$WATCHDOG" ] && [ ! -f "$D/timed_out" ]; then
     kill "$WATCHDOG" 2>/dev/null
@@ -149,11 +172,15 @@ def make_launcher(spec: LaunchSpec, conda_sh: str | None) -> str:
     that spans several lines (each entry is one line).
     """
     grace = str(max(0, math.ceil(spec.kill_grace)))
+    timeout = max(0, int(spec.timeout))
+    before = min(max(0, int(spec.signal_before)), timeout)
     parts = [
         _HEAD.replace("{run_id}", shlex.quote(spec.run_id))
         .replace("{sweep}", shlex.quote(procs_text()))
         .replace("{grace}", grace)
-        .replace("{timeout}", str(max(0, int(spec.timeout))))
+        .replace("{timeout}", str(timeout))
+        .replace("{warn_after}", str(timeout - before))
+        .replace("{signal_before}", str(before))
     ]
     if spec.conda_env:
         parts.append(

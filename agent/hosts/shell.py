@@ -106,6 +106,8 @@ class ShellHost:
     asked once.
     """
 
+    limit_slack = 0.0  # the launcher ends the script at its limit
+
     def __init__(
         self,
         config: HostConfig,

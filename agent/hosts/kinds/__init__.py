@@ -26,12 +26,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class HostEnv:
-    """What opening a host needs from the agent: its state folder, the share's id, and the
-    agent's own rsync (shared by all hosts; a new one if None)."""
+    """What opening a host needs from the agent: its state folder, the share's id, the
+    agent's own rsync (shared by all hosts; a new one if None), and how often each run
+    is polled (``log_every``; a cluster's queue is asked at most that often)."""
 
     state_dir: Path
     share_id: str = ""
     local_rsync: LocalRsync | None = None
+    poll_every: float = 2.0
 
 
 def _no_rules(config: Any) -> list[tuple[str, str]]:
