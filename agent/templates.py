@@ -85,7 +85,8 @@ def agent_template(share: Path, kinds: Kinds | None = None) -> str:
         '# fast = ["gpu1", "gpu2"]: the run goes to the first member with a free slot.',
     ]
     shown_common = False
-    for kind in (kinds or builtin_kinds()).values():
+    # The simplest kind first: its example shows every key that all hosts have.
+    for kind in sorted((kinds or builtin_kinds()).values(), key=lambda k: len(k.own_fields())):
         if kind.name == "local":
             continue
         lines += ["#", f"# {kind.a_host[0].upper()}{kind.a_host[1:]} ({kind.doc}):", "#"]
@@ -96,7 +97,7 @@ def agent_template(share: Path, kinds: Kinds | None = None) -> str:
             value = kind.name if spec.name == "kind" else spec.example
             lines += _field_lines(spec, value=value if value is not None else spec.default)
         if shown_common:
-            lines += ["# ...and every other key of the first example."]
+            lines += ["# ...and the other keys of the first example that apply to it."]
         shown_common = True
     return "\n".join(lines) + "\n"
 

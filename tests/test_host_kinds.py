@@ -76,7 +76,7 @@ def test_a_new_kind_is_validated_from_its_own_fields(tmp_path: Path) -> None:
     ]
     with pytest.raises(InvalidFile) as bad:
         load_agent_config(_config(tmp_path, 'kind = "echo"\ngreeting = "hi"\n'))  # not known
-    assert 'expected one of "local", "ssh"' in bad.value.problems[0].message
+    assert 'expected one of "local", "slurm", "ssh"' in bad.value.problems[0].message
 
 
 def test_the_template_shows_the_new_kind(tmp_path: Path) -> None:

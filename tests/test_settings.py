@@ -54,6 +54,9 @@ def test_each_layer_overrides_the_one_below_and_sources_say_which():
         "resume_from": "built-in",
         "client": "project",
         "gpus": "built-in",
+        "cpus": "built-in",
+        "mem": "built-in",
+        "signal_before_timeout": "built-in",
     }
 
 

@@ -182,3 +182,60 @@ def test_a_queued_run_waits_pending_and_its_limit_starts_when_it_starts(
     assert second.queued_s is not None and second.queued_s > 0
     assert second.start_epoch is not None and first.end_epoch is not None
     assert [job[2] for job in jobs_of(slurm, first)] == ["TIMEOUT"]
+
+
+def hold_and_queue(root: Path, login: SlurmLogin) -> tuple[Path, Path, AgentProcess]:
+    """Start an agent with run_0 holding the whole node and run_1 pending behind it;
+    return the project, run_0's release file (on the node) and the agent."""
+    config = write_slurm_config(root, login)
+    release = login.ssh.base / f"release-{root.name}"
+    project = make_project(root / "share", "proj", {"run.sh": HOLD, "quick.sh": SHOW_GPUS})
+    drop(project, f'cpus = 2\nenv = {{ RELEASE = "{release}" }}\n', "a.request")
+    agent = AgentProcess(config, root / "agent.log")
+    wait_state(project, 0, runinfo.RUNNING, deadline=DEADLINE)
+    drop(project, 'run_script = "quick.sh"\n', "b.request")
+    wait_state(project, 1, runinfo.PENDING, deadline=DEADLINE)
+    return project, release, agent
+
+
+def test_cancel_while_pending_and_while_running(root: Path, slurm: SlurmLogin) -> None:
+    project, _, agent = hold_and_queue(root, slurm)
+    try:
+        (project / "results" / "run_1" / "cancel").touch()
+        wait_state(project, 1, runinfo.CANCELLED, deadline=DEADLINE)
+        assert info(project, 0).state == runinfo.RUNNING
+        (project / "results" / "run_0" / "cancel.txt").touch()
+        wait_state(project, 0, runinfo.CANCELLED, deadline=DEADLINE)
+    finally:
+        agent.stop()
+    running, pending = info(project, 0), info(project, 1)
+    assert "running" not in states(project, 1)
+    assert pending.start_epoch is None
+    assert running.reason == "cancelled (a cancel file was dropped)"
+    assert [job[2] for job in jobs_of(slurm, running)] == ["CANCELLED"]
+    assert [job[2] for job in jobs_of(slurm, pending)] == ["CANCELLED"]
+    assert "started" in (project / "results" / "run_0" / "log.log").read_text()
+
+
+def test_agent_killed_while_pending_and_running_reattaches_to_the_same_jobs(
+    root: Path, slurm: SlurmLogin
+) -> None:
+    project, release, agent = hold_and_queue(root, slurm)
+    try:
+        agent.kill9()
+        again = AgentProcess(root / "droprun.toml", root / "agent.log")
+        try:
+            release.touch()
+            wait_state(project, 0, runinfo.SUCCEEDED, runinfo.FAILED, deadline=DEADLINE)
+            wait_state(project, 1, runinfo.SUCCEEDED, runinfo.FAILED, deadline=DEADLINE)
+        finally:
+            again.stop()
+    finally:
+        agent.stop()
+        release.unlink(missing_ok=True)
+    for run in (0, 1):
+        result = info(project, run)
+        assert result.state == runinfo.SUCCEEDED, result.reason
+        assert [job[2] for job in jobs_of(slurm, result)] == ["COMPLETED"]  # one job each
+        assert states(project, run).count("uploading") == 1
+    assert "released" in (project / "results" / "run_0" / "log.log").read_text()

@@ -161,8 +161,8 @@ def _text(word: str) -> str | None:
 
 
 def parse_queue(out: bytes) -> dict[str, QueueEntry]:
-    """Return the jobs of squeue's output by comment (pure); lines of another shape (a
-    stranger's job whose free text holds a "|") are skipped."""
+    """Return droprun's jobs in squeue's output by comment, the run's id (pure); other
+    jobs of the user, and lines of another shape, are skipped."""
     jobs: dict[str, QueueEntry] = {}
     for line in out.decode(errors="replace").splitlines():
         words = line.split("|", QUEUE_FIELDS - 1)
@@ -181,7 +181,7 @@ def parse_queue(out: bytes) -> dict[str, QueueEntry]:
             comment=comment,
             reason=_text(reason.strip()),
         )
-        if comment:
+        if comment and name.startswith("droprun-"):
             jobs[comment] = entry
     return jobs
 
