@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(rsync openssh-server openssh-client samba smbclient iproute2 systemd python3-venv chromium acl busybox)
+packages=(rsync openssh-server openssh-client samba smbclient iproute2 systemd python3-venv chromium acl busybox slurm-wlm munge)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -239,3 +239,34 @@ def test_bad_env_name_and_multiline_setup_are_refused() -> None:
         make_launcher(LaunchSpec("run.sh", env={"A B": "x"}), None)
     with pytest.raises(ValueError):
         make_launcher(LaunchSpec("run.sh", setup=["echo a\necho b"]), None)
+
+
+WARNED = """#!/bin/sh
+trap 'echo warned > warned; exit 5' USR1
+echo started > started
+while :; do sleep 0.05; done
+"""
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_signal_before_timeout_warns_the_script_with_usr1(tmp_path: Path, shell: str) -> None:
+    run_dir = _run_dir(tmp_path, script=WARNED)
+    proc = _start(run_dir, LaunchSpec("run.sh", timeout=30, signal_before=29), shell)
+    assert _finish(run_dir, proc) == 5  # the script's own answer to the warning
+    assert (run_dir / "warned").exists()
+    assert not (run_dir / ".droprun" / "timed_out").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_usr1_to_the_launcher_reaches_the_script_as_slurm_sends_it(
+    tmp_path: Path, shell: str
+) -> None:
+    run_dir = _run_dir(tmp_path, script=WARNED)
+    proc = _start(run_dir, LaunchSpec("run.sh"), shell)
+    deadline = time.monotonic() + 20
+    while not (run_dir / "started").exists():
+        assert time.monotonic() < deadline, _log(run_dir)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR1)  # --signal=B:USR1 signals the batch shell only
+    assert _finish(run_dir, proc) == 5
+    assert (run_dir / "warned").exists()
