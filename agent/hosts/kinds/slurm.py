@@ -42,7 +42,7 @@ _OWN_OPTIONS = {
 
 def _options(value: object, context: Context) -> tuple[str, ...]:
     """sbatch options: each ``--name`` or ``--name=value``, none that droprun sets itself."""
-    options = STRINGS.convert(value, context)
+    options: tuple[str, ...] = STRINGS.convert(value, context)
     for number, option in enumerate(options, start=1):
         if not _OPTION_RE.fullmatch(option):
             raise ValueError(
