@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.plan import FULL, QUICK, SMOKE, Plan
 from bench.report import Row, render, write_json
 
-GROUPS = ("transfer", "runs", "scale", "pages", "fresh")
+GROUPS = ("transfer", "runs", "scale", "pages", "fresh", "slurm")
 
 
 def runner(group: str) -> Callable[[Path, Plan], list[Row]]:
@@ -27,6 +27,8 @@ def runner(group: str) -> Callable[[Path, Plan], list[Row]]:
         from bench.pages import run_all
     elif group == "fresh":
         from bench.freshness import run_all
+    elif group == "slurm":
+        from bench.slurm import run_all
     else:
         from bench.sharescale import run_all
     return run_all
@@ -42,8 +44,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(GROUPS),
-        help="scenario groups: transfer (1-3), runs (4, 4b, 6), scale (5), pages (7), fresh (8); "
-        "default all",
+        help="scenario groups: transfer (1-3), runs (4, 4b, 6), scale (5), pages (7), fresh (8), "
+        "slurm (9); default all",
     )
     opts = parser.parse_args(argv)
     opts.groups = [g for g in opts.only.split(",") if g]

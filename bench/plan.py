@@ -37,6 +37,10 @@ class Plan:
     fresh_ckpts: int
     fresh_bytes: int
     fresh_every: float
+    # 9: a slurm host: measured submissions, runs in flight, how long they are watched (s)
+    slurm_requests: int
+    slurm_in_flight: int
+    slurm_window: float
 
 
 FULL = Plan(
@@ -58,6 +62,9 @@ FULL = Plan(
     fresh_ckpts=10,
     fresh_bytes=10 * MIB,
     fresh_every=3.0,
+    slurm_requests=10,
+    slurm_in_flight=20,
+    slurm_window=30.0,
 )
 
 QUICK = Plan(
@@ -79,6 +86,9 @@ QUICK = Plan(
     fresh_ckpts=5,
     fresh_bytes=2 * MIB,
     fresh_every=3.0,
+    slurm_requests=5,
+    slurm_in_flight=20,
+    slurm_window=10.0,
 )
 
 SMOKE = Plan(
@@ -100,6 +110,9 @@ SMOKE = Plan(
     fresh_ckpts=2,
     fresh_bytes=256 << 10,
     fresh_every=2.0,
+    slurm_requests=1,
+    slurm_in_flight=4,
+    slurm_window=4.0,
 )
 
 PLANS = {p.name: p for p in (FULL, QUICK, SMOKE)}

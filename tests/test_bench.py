@@ -26,7 +26,7 @@ def test_bench_smoke_prints_every_scenario(tmp_path):
     assert header.split() == columns
     data = json.loads(out.read_text())
     assert data["mode"] == "smoke"
-    assert {row["scenario"][0] for row in data["rows"]} == set("12345678")
+    assert {row["scenario"][0] for row in data["rows"]} == set("123456789")
     for row in data["rows"]:
         assert row["droprun"] >= 0
         assert row["ratio"] is None or row["ratio"] >= 0
@@ -39,8 +39,10 @@ def test_bench_and_its_test_bed_need_no_test_extras():
     # A plain `pip install droprun` has no pytest: `python -m bench` must still run there.
     code = BLOCK_TEST_EXTRAS + (
         "import bench.__main__, bench.runs, bench.sharescale, bench.sshstart, bench.transfer\n"
+        "import bench.slurm\n"
         "from bench.tools import testbed\n"
         "bed = testbed()\n"
+        "import testbed_slurm\n"
         "try:\n"
         "    bed.require_tool('droprun-no-such-tool')\n"
         "except bed.TestbedError as exc:\n"

@@ -245,9 +245,12 @@ class SlurmLogin:
 
 
 @contextlib.contextmanager
-def slurm_login(user: TestUser) -> Iterator[SlurmLogin]:
-    """Run a cluster and a login sshd whose sessions find it (``SetEnv SLURM_CONF``)."""
+def slurm_login(user: TestUser, path_first: Path | None = None) -> Iterator[SlurmLogin]:
+    """Run a cluster and a login sshd whose sessions find it (``SetEnv SLURM_CONF``);
+    ``path_first`` goes in front of the sessions' PATH (for wrappers that count calls)."""
     with running_slurm(user) as cluster:
-        extra = f"SetEnv SLURM_CONF={cluster.conf}\n"
-        with running_sshd(user, "127.0.0.1", extra_config=extra) as server:
+        extra = f"SetEnv SLURM_CONF={cluster.conf}"
+        if path_first is not None:
+            extra += f" PATH={path_first}:/usr/local/bin:/usr/bin:/bin"
+        with running_sshd(user, "127.0.0.1", extra_config=extra + "\n") as server:
             yield SlurmLogin(cluster, server)
