@@ -205,23 +205,20 @@ class RunSettings:
     cpus: int | None = setting(
         INTEGER,
         None,
-        "CPU cores the run needs; Slurm hosts ask for them, other hosts ignore it "
-        "(unset: the cluster's default).",
+        "CPU cores the run needs (Slurm hosts ask for them; others ignore it).",
         example=8,
         check=between(1, 100000, "a number of CPU cores"),
     )
     mem: str | None = setting(
         MEMORY,
         None,
-        "Memory the run needs; Slurm hosts ask for it, other hosts ignore it "
-        "(unset: the cluster's default).",
+        "Memory the run needs (Slurm hosts ask for it; others ignore it).",
         example="32G",
     )
     signal_before_timeout: int | None = setting(
         DURATION,
         None,
-        "Send the script SIGUSR1 this long before its timeout, so that it can save a "
-        "checkpoint (unset: no signal).",
+        "SIGUSR1 to the script this long before its timeout, to save a checkpoint.",
         example="2m",
         check=between(1, 65535, "a number of seconds"),
     )
@@ -246,11 +243,10 @@ REQUEST_ONLY_FIELDS: tuple[Field, ...] = (
 @dataclass(frozen=True, kw_only=True)
 class HostConfig:
     """One ``[hosts.NAME]`` table, validated: the keys every kind of host has. A kind with
-    keys of its own (ssh: address, user...) extends it (:mod:`agent.hosts.kinds`).
+    keys of its own (ssh: address, user...) extends it (:mod:`agent.hosts.kinds`)."""
 
-    ``assigns_gpus`` (of the class, not a key): the host's own scheduler gives each run its
-    GPUs (a cluster), so the agent neither counts nor names them and passes ``gpus`` on."""
-
+    # Not a key: the host's own scheduler gives each run its GPUs (a cluster), so the agent
+    # neither counts nor names them and passes ``gpus`` on.
     assigns_gpus: ClassVar[bool] = False
 
     name: str
