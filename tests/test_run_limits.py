@@ -99,3 +99,28 @@ def test_the_time_limit_holds_while_the_agent_is_dead(root: Path, sshd_server) -
     # The real end, recorded on the server, not when the agent came back.
     assert 5 <= result.end_epoch - result.start_epoch <= 5 + 2 + 3
     assert result.duration_s == result.end_epoch - result.start_epoch
+
+
+# Saves a "checkpoint" when warned, then keeps going until the time limit ends it.
+WARNED = """#!/bin/sh
+mkdir -p output
+trap 'echo "warned at $(date +%s)"; echo saved > output/checkpoint.txt' USR1
+echo started
+while :; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_signal_before_timeout_lets_the_script_save_a_checkpoint(
+    root: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    project = make_project(root / "share", "p", {"run.sh": WARNED})
+    drop(project, 'timeout = "3s"\nsignal_before_timeout = "2s"\n')
+    run_once(_config(kind, root, request))
+    result = info(project)
+    assert result.state == runinfo.TIMED_OUT, result.reason
+    run_dir = project / "results" / "run_0"
+    assert (run_dir / "output" / "checkpoint.txt").read_text() == "saved\n"
+    warned = int(_log(run_dir).split("warned at ")[1].split()[0])
+    assert result.start_epoch is not None and result.end_epoch is not None
+    assert result.start_epoch <= warned <= result.end_epoch
