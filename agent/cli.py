@@ -263,24 +263,25 @@ def cmd_tail(opts: argparse.Namespace) -> int:
         time.sleep(1.0)
 
 
-def cmd_cancel(opts: argparse.Namespace) -> int:
-    """Drop a ``cancel`` file into the run folder, as a person would."""
+def _drop_into_live_run(opts: argparse.Namespace, name: str, ended: str, effect: str) -> int:
+    """Drop (or touch) the file ``name`` into a run folder that has not ended, as a person
+    would; ``ended`` is the refusal's end, ``effect`` what the agent then does."""
     folder = run_folder(load_config(opts.config), opts.project, opts.run)
     if runinfo.load(folder / "run.info").terminal:
-        raise UserError(f"{folder}: the run has already ended")
-    (folder / "cancel").touch()
-    print(f"{folder / 'cancel'}: written; the agent stops the run within seconds")
+        raise UserError(f"{folder}: the run has already ended{ended}")
+    (folder / name).touch()
+    print(f"{folder / name}: written; the agent {effect} within seconds")
     return 0
+
+
+def cmd_cancel(opts: argparse.Namespace) -> int:
+    """Drop a ``cancel`` file into the run folder, as a person would."""
+    return _drop_into_live_run(opts, "cancel", "", "stops the run")
 
 
 def cmd_sync(opts: argparse.Namespace) -> int:
     """Drop (or touch) a ``sync`` file in the run folder: the agent mirrors the outputs now."""
-    folder = run_folder(load_config(opts.config), opts.project, opts.run)
-    if runinfo.load(folder / "run.info").terminal:
-        raise UserError(f"{folder}: the run has already ended; its outputs are all there")
-    (folder / "sync").touch()
-    print(f"{folder / 'sync'}: written; the agent mirrors the outputs within seconds")
-    return 0
+    return _drop_into_live_run(opts, "sync", "; its outputs are all there", "mirrors the outputs")
 
 
 def cmd_submit(opts: argparse.Namespace) -> int:

@@ -255,6 +255,16 @@ class AgentProcess:
             self.wait()
 
 
+def kill9_while(config: Path, log: Path, project: Path, state: str) -> None:
+    """Start the agent, and ``kill -9`` it as soon as run 0 of ``project`` is in ``state``."""
+    agent = AgentProcess(config, log)
+    try:
+        wait_state(project, 0, state)
+        agent.kill9()
+    finally:
+        agent.stop()
+
+
 def wait_for(what: str, check: Callable[[], Any], deadline: float = AGENT_DEADLINE) -> Any:
     """Poll ``check`` until it returns something true; return it, or fail naming ``what``."""
     end = time.monotonic() + deadline

@@ -20,15 +20,14 @@ from agent.runinfo import new_run_id
 from agent.schema import HostConfig
 
 from shares import (
-    AgentProcess,
     drop,
     info,
+    kill9_while,
     make_project,
     on_host,
     pid_alive,
     run_once,
     wait_for,
-    wait_state,
     write_ssh_config,
 )
 from testbed import SshServer
@@ -49,12 +48,7 @@ def test_a_leftover_run_dir_is_moved_aside_never_adopted(
     config = write_ssh_config(root, sshd_server, extra="rescan = 3600")
     project = make_project(root / "share", "proj", {"run.sh": V1})
     drop(project, "")
-    agent = AgentProcess(config, root / "agent.log")
-    try:
-        wait_state(project, 0, runinfo.RUNNING)
-        agent.kill9()
-    finally:
-        agent.stop()
+    kill9_while(config, root / "agent.log", project, runinfo.RUNNING)
     old = info(project)
     assert old.remote_dir
     old_dir = Path(old.remote_dir)

@@ -10,16 +10,15 @@ import pytest
 from agent import runinfo
 
 from shares import (
-    AgentProcess,
     drop,
     info,
+    kill9_while,
     make_project,
     pid_alive,
     run_once,
     run_once_cancelling,
     run_processes,
     wait_for,
-    wait_state,
     write_config,
     write_ssh_config,
 )
@@ -79,12 +78,7 @@ def test_the_time_limit_holds_while_the_agent_is_dead(root: Path, sshd_server) -
     config = write_ssh_config(root, sshd_server, extra="rescan = 3600")
     project = make_project(root / "share", "proj", {"run.sh": DAEMONS})
     drop(project, 'timeout = "5s"\n')
-    agent = AgentProcess(config, root / "agent.log")
-    try:
-        wait_state(project, 0, runinfo.RUNNING)
-        agent.kill9()
-    finally:
-        agent.stop()
+    kill9_while(config, root / "agent.log", project, runinfo.RUNNING)
     run_id = info(project).run_id
     assert run_id
     wait_for("the run's processes to be started", lambda: run_processes(run_id))
