@@ -244,3 +244,20 @@ def test_run_rsync_gives_up_at_once_when_the_server_has_no_rsync(tmp_path: Path)
     assert not info.value.transient
     assert "not found" in str(info.value) and "refused" in str(info.value)
     assert len(counter.read_text().splitlines()) == 1
+
+
+def test_run_rsync_that_hangs_is_killed_at_its_time_limit(tmp_path: Path) -> None:
+    # A remote shell that never answers: rsync waits for it until the agent's limit.
+    pid_file = tmp_path / "shell.pid"
+    script = tmp_path / "hanging-ssh"
+    script.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 60\n")
+    script.chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    argv = make_upload_argv(str(tmp_path / "bin"), "u@h:/c", [], [str(script)])
+    try:
+        with pytest.raises(HostError, match=r"did not finish within 0\.5 s") as info:
+            run_rsync(argv, timeout=0.5, attempts=1)
+        assert info.value.transient
+    finally:
+        if pid_file.exists():  # rsync is killed; its remote shell is ours to stop
+            os.kill(int(pid_file.read_text()), 9)

@@ -250,6 +250,36 @@ def _tail(text: str, lines: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def run_to_end(command: sh.Command, args: Sequence[str], timeout: float) -> sh.RunningCommand:
+    """Run ``command`` with ``args`` (stdin empty, any exit code accepted) until it ends;
+    return it with its output.
+
+    Raises TimeoutError after killing it if it runs longer than ``timeout`` s. (Our own
+    timer: sh's ``_timeout`` adds about 0.1 s to every call, which a burst of short runs
+    pays many times over.)
+    """
+    proc = command(*args, _bg=True, _bg_exc=False, _ok_code=list(range(256)), _in=None)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        proc.wait()
+    except sh.SignalException:
+        if not expired.is_set():
+            raise
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise TimeoutError(f"{command} did not finish within {timeout:g} s")
+    return proc
+
+
 def run_rsync(
     argv: Sequence[str],
     *,
@@ -274,14 +304,8 @@ def run_rsync(
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            proc = command(
-                *argv[1:],
-                _ok_code=list(range(256)),
-                _timeout=timeout,
-                _return_cmd=True,
-                _in=None,
-            )
-        except sh.TimeoutException:
+            proc = run_to_end(command, argv[1:], timeout)
+        except TimeoutError:
             last = HostError(f"rsync did not finish within {timeout:g} s", transient=True)
             continue
         stdout = proc.stdout.decode(errors="replace")
@@ -325,12 +349,10 @@ def _ask_version() -> str:
     """Run ``rsync --version`` here; return the version or raise HostError (permanent)."""
     argv = make_version_argv()
     try:
-        proc = sh.Command(argv[0])(
-            *argv[1:], _ok_code=list(range(256)), _timeout=60, _in=None, _return_cmd=True
-        )
+        proc = run_to_end(sh.Command(argv[0]), argv[1:], 60.0)
     except sh.CommandNotFound as exc:
         raise HostError(f"{argv[0]} is not installed on the agent's machine") from exc
-    except sh.TimeoutException as exc:
+    except TimeoutError as exc:
         raise HostError("the agent's rsync --version did not finish within 60 s") from exc
     text = proc.stdout.decode(errors="replace")
     version = parse_version(text)
