@@ -182,7 +182,7 @@ def test_git_runs_nothing_of_the_repository_and_a_rerun_keeps_its_commit(
 
 def test_package_lists_are_taken_again_only_when_the_packages_change(tmp_path: Path) -> None:
     """Three runs in one agent: pip freeze runs for the first, and again only after the
-    first run's script installed a package."""
+    first run's script installed a package; the third starts no python at all."""
     venv, log = tmp_path / "venv", tmp_path / "python.log"
     site = venv / "lib" / "site"
     site.mkdir(parents=True)
@@ -214,6 +214,8 @@ def test_package_lists_are_taken_again_only_when_the_packages_change(tmp_path: P
     assert [info(project, n).state for n in range(3)] == [runinfo.SUCCEEDED] * 3
     freezes = [line for line in log.read_text().splitlines() if line == "-m pip freeze"]
     assert len(freezes) == 2  # run 0, and run 1 after the install; run 2 reuses run 1's
+    # Run 2 found nothing changed (envstamp) and did not even start python.
+    assert len([line for line in log.read_text().splitlines() if line.startswith("-c ")]) == 2
     lists = [
         (project / "results" / f"run_{n}" / "env" / "pip-freeze.txt").read_text() for n in range(3)
     ]

@@ -281,12 +281,35 @@ ei_home() {  # ei_home PATH: a leading ~/ or $HOME/ made the home folder
     esac
 }
 
+ei_where() {  # ei_where: the boot, and where each tool envinfo runs resolves on PATH
+    { IFS= read -r ei_boot </proc/sys/kernel/random/boot_id; } 2>/dev/null || ei_boot=-
+    printf 'boot %s\n' "$ei_boot"
+    for ei_t in python python3 conda nvcc nvidia-smi; do
+        printf '%s ' "$ei_t"
+        command -v "$ei_t" || echo -
+    done
+}
+
+ei_stat() {  # ei_stat PATH...: "PATH INODE SIZE MTIME" for each path that exists
+    [ $# -eq 0 ] || stat -c '%n %i %s %y' -- "$@" 2>/dev/null
+    return 0
+}
+
+do_envstamp() {  # envstamp PATH...: the stamp of an earlier envinfo, whose "stamp-paths"
+    # are PATH...: equal stamps mean nothing envinfo looks at has changed since
+    ei_where
+    ei_stat "$@"
+}
+
 do_envinfo() {  # envinfo CONDA_ENV VENV GPUS PIP_KEY CONDA_KEY CONDA_SH...: the run's
     # environment, in sections. pip freeze and conda list take seconds: they print
     # "@@same@@" instead while their key (the state of the package folders) equals the one
-    # given, which the caller got from an earlier call.
+    # given, which the caller got from an earlier call. The "stamp" section (see envstamp)
+    # is taken before the package lists: a change while they are listed shows as a change.
     ei_conda=$1 ei_venv=$2 ei_gpus=$3 ei_known_pip=$4 ei_known_conda=$5
     shift 5
+    ei_where=$(ei_where)
+    ei_paths=
     if [ -n "$ei_conda" ]; then  # activated as the launcher does it, never failing here
         ei_found=
         for ei_f in "$@"; do
@@ -303,6 +326,7 @@ do_envinfo() {  # envinfo CONDA_ENV VENV GPUS PIP_KEY CONDA_KEY CONDA_SH...: the
         ei_on=
         if [ -n "$ei_found" ] && conda activate "$ei_conda" >/dev/null 2>&1; then
             ei_on=1
+            ei_paths=${CONDA_PREFIX:-/nonexistent}/conda-meta
             ei_state=$(ls -l -- "${CONDA_PREFIX:-/nonexistent}/conda-meta" 2>/dev/null) &&
                 [ -n "$ei_state" ] && ei_key=$(printf '%s\n' "$ei_state" | cksum)
         fi
@@ -338,6 +362,26 @@ print("Python " + sys.version.split()[0])
 for p in sys.path:
     if os.path.isdir(p): print(p, os.stat(p).st_mtime_ns)')
     fi
+    # The stamp's paths: the interpreter, its package folders (sys.path, as python listed
+    # them, one "DIR MTIME" per line), nvcc and the conda env's records.
+    ei_paths=$ei_paths$NL$ei_py
+    if command -v nvcc >/dev/null 2>&1; then ei_paths=$ei_paths$NL$(command -v nvcc); fi
+    ei_ifs=$IFS
+    IFS=$NL
+    set -f
+    case $ei_state in
+        *"$NL"*)
+            for ei_line in ${ei_state#*"$NL"}; do ei_paths=$ei_paths$NL${ei_line% *}; done
+            ;;
+    esac
+    # shellcheck disable=SC2086 # one path per line
+    set -- $ei_paths
+    set +f
+    IFS=$ei_ifs
+    ei_section stamp-paths
+    printf '%s\n' "$@"
+    ei_section stamp
+    printf '%s\n%s\n' "$ei_where" "$(ei_stat "$@")"
     ei_section python
     if [ -z "$ei_py" ]; then
         echo @@absent@@
@@ -406,6 +450,7 @@ case "$VERB" in
     orphans) need_args 1 $#; do_orphans "$1" ;;
     gpus) do_gpus "${1:-}" ;;
     envinfo) need_args 5 $#; do_envinfo "$@" ;;
+    envstamp) do_envstamp "$@" ;;
     home) printf '%s\n' "$HOME" ;;
     power) need_args 1 $#; sh -c "$1" ;;
     *)  # a kind's own verbs (verb_NAME), pasted in front of this text by its host class

@@ -301,9 +301,10 @@ class ShellHost:
     ) -> dict[str, str | None]:
         """Return the sections of the ``envinfo`` helper's output: one call for all of it.
 
-        The first runs that start together ask one by one (see :class:`EnvCache`). The package
-        lists of the last call for the same ``conda_env`` and ``venv`` are kept, and the
-        helper is asked to skip listing them again while they are unchanged.
+        The last answer is reused while the helper's ``envstamp`` says nothing it looked at
+        changed; otherwise the package lists of the last call for the same ``conda_env`` and
+        ``venv`` are kept, and the helper is asked to skip listing them again while they are
+        unchanged (see :class:`EnvCache`).
         """
         if self.config.conda_sh:
             places = [self.config.conda_sh]
@@ -315,7 +316,10 @@ class ShellHost:
             argv = (conda_env or "", venv or "", devices or "", *keys, *places)
             return parse_sections(self._helper("envinfo", *argv, timeout=300.0).stdout)
 
-        return self._env.get(conda_env, venv, ask)
+        def stamp(paths: Sequence[str]) -> str:
+            return self._helper("envstamp", *paths).stdout.decode(errors="replace")
+
+        return self._env.get(conda_env, venv, ask, devices=devices, stamp=stamp)
 
     # -- rsync at both ends -----------------------------------------------------------------
 
