@@ -19,6 +19,9 @@ from agent.runrecord import RunRecord, Stopped, share_full
 # later (a launcher killed from outside, or a host clock far off).
 TIMEOUT_SLACK = 30.0
 LOG_CHUNK = 1 << 20  # the most of the log one helper call brings back
+# The first looks at a started run come sooner than every log_every: a script that fails
+# at once (a typo, a missing file) is reported at once, and a short job frees its slot.
+FIRST_POLLS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class RunDriver(RunRecord):
@@ -243,6 +246,7 @@ class RunDriver(RunRecord):
         # long the mirror takes (while it takes less).
         next_mirror = self.ctx.clock() + self.settings.backup_every
         failing_since: float | None = None
+        polls = 0
         while True:
             if not self.run_dir.is_dir():
                 raise FileNotFoundError(errno.ENOENT, "run folder deleted", str(self.run_dir))
@@ -282,7 +286,10 @@ class RunDriver(RunRecord):
                 elif failing_since is None or self.ctx.clock() - failing_since >= 60:
                     self.ctx.log.warning("%s: host not answering: %s", self.ref.label, exc)
                     failing_since = self.ctx.clock()
-            self.sleep(min(self.ctx.config.log_every, max(0.0, next_mirror - self.ctx.clock())))
+            every = self.ctx.config.log_every
+            soon = FIRST_POLLS[polls] if polls < len(FIRST_POLLS) else every
+            polls += 1
+            self.sleep(min(soon, every, max(0.0, next_mirror - self.ctx.clock())))
         self.move(runinfo.FINISHING)
 
     def note_allocation(self, where: Allocation) -> None:
