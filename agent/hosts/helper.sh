@@ -21,13 +21,20 @@ need_args() {  # need_args COUNT GIVEN
     [ "$2" -ge "$1" ] || die 2 "$VERB needs $1 argument(s)"
 }
 
-read_pid() {  # read_pid RUNDIR: print the launcher's pid, or nothing
-    [ -f "$1/.droprun/pid" ] && cat -- "$1/.droprun/pid"
+get() {  # get FILE: the first line of FILE in $got ("" if it has none): read, not cat,
+    # as every process counts when many short runs start and end
+    got=
+    { { IFS= read -r got || :; } <"$1"; } 2>/dev/null
     return 0
 }
 
+read_pid() {  # read_pid RUNDIR: the launcher's pid in $pid, or ""
+    get "$1/.droprun/pid"
+    pid=$got
+}
+
 owned() {  # owned RUNDIR ID: true if RUNDIR is the run dir of run ID
-    [ -f "$1/.droprun/run_id" ] && [ "$(cat -- "$1/.droprun/run_id")" = "$2" ]
+    [ -f "$1/.droprun/run_id" ] && get "$1/.droprun/run_id" && [ "$got" = "$2" ]
 }
 
 require_owned() {  # require_owned RUNDIR ID: fail unless RUNDIR is missing or run ID's
@@ -58,8 +65,8 @@ do_prepare() {  # prepare CACHE RUNDIR ID: make run ID's dir from the cache (har
         mv -- "$run" "$aside" || die 3 "cannot move $run aside to $aside"
     fi
     tmp="$run.preparing"
-    rm -rf -- "$tmp"
-    mkdir -p -- "$(dirname -- "$run")" || die 3 "cannot create the parent of $run"
+    if [ -e "$tmp" ] || [ -L "$tmp" ]; then rm -rf -- "$tmp"; fi
+    [ -d "${run%/*}" ] || mkdir -p -- "${run%/*}" || die 3 "cannot create the parent of $run"
     if ! cp -al -- "$cache" "$tmp" 2>/dev/null; then
         rm -rf -- "$tmp"
         cp -a -- "$cache" "$tmp" || die 3 "cannot copy $cache to $tmp"
@@ -85,15 +92,23 @@ do_launch() {  # launch RUNDIR ID: write stdin to .droprun/launch.sh, start it o
     cd -- "$1" || die 3 "run dir $1 does not exist"
     require_owned . "$2"
     [ -d .droprun ] || die 3 "$1/.droprun does not exist"
-    do_write .droprun/launch.sh
     if [ ! -d .droprun/launched ]; then
-        need setsid env grep cut sort date sleep mv
+        need setsid env grep date sleep mv
+        # Written in place: nothing runs it before .droprun/launched is made below.
+        cat >.droprun/launch.sh || die 3 "cannot write $1/.droprun/launch.sh"
     fi
     if mkdir .droprun/launched 2>/dev/null; then
         if command -v bash >/dev/null 2>&1; then shell=bash; else shell=sh; fi
+        start=$(date +%s)
+        printf '%s\n' "$start" >.droprun/start
         # The id in the environment tags every process of the run, also those that leave
-        # its process group. No nohup: setsid leaves no terminal to hang up.
+        # its process group. No nohup: setsid leaves no terminal to hang up. setsid execs
+        # the shell (a background child of a shell without job control leads no group), so
+        # $! is the launcher, which records its pid again itself.
         { DROPRUN_RUN_ID=$2 setsid "$shell" .droprun/launch.sh >.droprun/log 2>&1 </dev/null & }
+        printf '%s\n' "$!" >.droprun/pid
+        printf '%s %s\n' "$!" "$start"
+        return 0
     fi
     waited=0
     while [ ! -s .droprun/pid ]; do
@@ -103,7 +118,10 @@ do_launch() {  # launch RUNDIR ID: write stdin to .droprun/launch.sh, start it o
         sleep 0.02 2>/dev/null || { sleep 1; waited=$((waited + 49)); }
         waited=$((waited + 1))
     done
-    printf '%s %s\n' "$(cat .droprun/pid)" "$(cat .droprun/start 2>/dev/null || echo -)"
+    get .droprun/pid
+    la_pid=$got
+    get .droprun/start
+    printf '%s %s\n' "$la_pid" "${got:--}"
 }
 
 do_status() {  # status RUNDIR ID: "STATE PID EXIT TIMED_OUT END START" ("-": unknown)
@@ -117,15 +135,18 @@ do_status() {  # status RUNDIR ID: "STATE PID EXIT TIMED_OUT END START" ("-": un
         echo "not_started - - 0 - -"
         return 0
     fi
-    pid=$(read_pid "$1")
-    start=$(cat -- "$d/start" 2>/dev/null)
+    read_pid "$1"
+    get "$d/start"
+    start=$got
     timed_out=0
     [ ! -f "$d/timed_out" ] || timed_out=1
     if [ ! -f "$d/exit" ] && run_alive "$2" "$pid"; then
         echo "running ${pid:--} - $timed_out - ${start:--}"
     elif [ -f "$d/exit" ]; then  # checked again: the launcher may have just finished
-        end=$(cat -- "$d/end" 2>/dev/null)
-        echo "exited ${pid:--} $(cat -- "$d/exit") $timed_out ${end:--} ${start:--}"
+        get "$d/end"
+        end=$got
+        get "$d/exit"
+        echo "exited ${pid:--} $got $timed_out ${end:--} ${start:--}"
     else
         echo "vanished ${pid:--} - $timed_out - ${start:--}"
     fi
@@ -133,8 +154,12 @@ do_status() {  # status RUNDIR ID: "STATE PID EXIT TIMED_OUT END START" ("-": un
 
 do_log() {  # log RUNDIR ID OFFSET LIMIT: print LIMIT bytes of the log from OFFSET
     require_owned "$1" "$2"
-    [ -f "$1/.droprun/log" ] || return 0
-    tail -c +"$(($3 + 1))" -- "$1/.droprun/log" | head -c "$4"
+    [ -s "$1/.droprun/log" ] || return 0
+    if [ "$3" -eq 0 ]; then
+        head -c "$4" -- "$1/.droprun/log"
+    else
+        tail -c +"$(($3 + 1))" -- "$1/.droprun/log" | head -c "$4"
+    fi
 }
 
 do_poll() {  # poll RUNDIR ID OFFSET LIMIT: the status line, then LIMIT bytes of the log
@@ -150,7 +175,8 @@ do_stop() {  # stop RUNDIR ID GRACE OFFSET LIMIT: kill what is left of a started
     case $so_status in
         not_started*) ;;
         exited*)  # background jobs must not outlive the run dir: one look, if none, done
-            [ -z "$(run_pids "$2" "$(read_pid "$1")" "")" ] || do_kill "$1" "$2" "$3"
+            read_pid "$1"
+            [ -z "$(run_pids "$2" "$pid" "")" ] || do_kill "$1" "$2" "$3"
             ;;
         *)
             do_kill "$1" "$2" "$3"
@@ -161,8 +187,15 @@ do_stop() {  # stop RUNDIR ID GRACE OFFSET LIMIT: kill what is left of a started
     do_log "$1" "$2" "$4" "$5"
 }
 
+gnu_find() {  # gnu_find: true if find has -printf (GNU), false for BusyBox's (asked once)
+    [ -n "${gnu_find_has:-}" ] || {
+        if find . -maxdepth 0 -printf '' 2>/dev/null; then gnu_find_has=1; else gnu_find_has=0; fi
+    }
+    [ "$gnu_find_has" = 1 ]
+}
+
 list_files() {  # list_files: "TYPE\0PATH\0SIZE\0MTIME\0" for each file and link under .
-    if find . -maxdepth 0 -printf '' 2>/dev/null; then
+    if gnu_find; then
         find . \( -type f -o -type l \) -printf '%y\0%P\0%s\0%T@\0'
         return 0
     fi
@@ -180,7 +213,7 @@ list_files() {  # list_files: "TYPE\0PATH\0SIZE\0MTIME\0" for each file and link
 list_writing() {  # list_writing: "w\0PATH\0-\0-\0" per file a process has open for
     # writing (the mode of a /proc/PID/fd link says how the file was opened); without
     # /proc, nothing
-    if find . -maxdepth 0 -printf '' 2>/dev/null; then
+    if gnu_find; then
         find /proc/[0-9]*/fd -maxdepth 1 -type l -perm -200 -lname '/*' \
             -printf 'w\0%l\0-\0-\0' 2>/dev/null || true
         return 0
@@ -192,9 +225,10 @@ list_writing() {  # list_writing: "w\0PATH\0-\0-\0" per file a process has open 
 }
 
 do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR, then
-    # "d\0PHYSICAL-DIR\0-\0-\0", then list_writing
+    # "d\0PHYSICAL-DIR\0-\0-\0", then list_writing while the run is alive (the files
+    # open for writing matter only then)
     require_owned "$1" "$2"
-    pid=$(read_pid "$1")
+    read_pid "$1"
     alive=0
     ! run_alive "$2" "$pid" || alive=1
     now=$(date +%s.%N)
@@ -204,14 +238,14 @@ do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR, then
     cd -- "$3" || die 3 "cannot enter $3"
     list_files
     printf 'd\0%s\0-\0-\0' "$(pwd -P)"
-    list_writing
+    [ "$alive" = 0 ] || list_writing
 }
 
 do_kill() {  # kill RUNDIR ID GRACE: TERM every process of the run, KILL after GRACE s
     pid=
     if [ -d "$1" ]; then
         require_owned "$1" "$2"
-        pid=$(read_pid "$1")
+        read_pid "$1"
     fi
     # The launcher is spared at first: once the script and its children are gone it records
     # how the script ended, however long that takes on a busy host. Then whatever is left,
@@ -238,11 +272,14 @@ do_orphans() {  # orphans BASE: "PATH\0ID\0START\0KB\0ALIVE\0" for each run dir 
     for od in "$1"/*/run_[0-9]*; do
         [ -d "$od" ] || continue
         case $od in *.preparing) continue ;; esac
-        oid=$(cat -- "$od/.droprun/run_id" 2>/dev/null)
-        ostart=$(cat -- "$od/.droprun/start" 2>/dev/null || stat -c %Y -- "$od")
+        get "$od/.droprun/run_id"
+        oid=$got
+        get "$od/.droprun/start"
+        ostart=${got:-$(stat -c %Y -- "$od")}
         okb=$(du -sk -- "$od" 2>/dev/null | cut -f1)
         oalive=0
-        [ -z "$oid" ] || ! run_alive "$oid" "$(read_pid "$od")" || oalive=1
+        read_pid "$od"
+        [ -z "$oid" ] || ! run_alive "$oid" "$pid" || oalive=1
         printf '%s\0%s\0%s\0%s\0%s\0' "$od" "${oid:--}" "${ostart:--}" "${okb:-0}" "$oalive"
     done
 }

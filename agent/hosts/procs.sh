@@ -12,23 +12,32 @@ pause() {
 
 run_pids() {  # run_pids ID PGID KEEP: the live pids of the run, one per line, KEEP left out
     rp_id=$1 rp_pgid=$2 rp_keep=${3:-none}
-    {
-        # /proc/PID/environ is the environment a process was started with; zombies have none.
-        grep -lsxzF "DROPRUN_RUN_ID=$rp_id" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3
-        # The group counts only while its leader is this run's launcher: after a reboot
-        # the recorded pgid may belong to a stranger.
-        if [ -n "$rp_pgid" ] && grep -qsxzF "DROPRUN_RUN_ID=$rp_id" "/proc/$rp_pgid/environ"; then
-            for rp_f in /proc/[0-9]*/stat; do
-                { read -r rp_line <"$rp_f"; } 2>/dev/null || continue
-                # shellcheck disable=SC2086 # split "state ppid pgrp ..." after the command name
-                set -- ${rp_line##*) }
-                if [ "$3" = "$rp_pgid" ] && [ "$1" != Z ] && [ "$1" != X ]; then
-                    rp_pid=${rp_f#/proc/}
-                    echo "${rp_pid%/stat}"
-                fi
-            done
+    # /proc/PID/environ is the environment a process was started with; zombies have none.
+    rp_tagged=$(grep -lsxzF "DROPRUN_RUN_ID=$rp_id" /proc/[0-9]*/environ 2>/dev/null)
+    rp_seen=" $rp_keep $$ "
+    for rp_f in $rp_tagged; do
+        rp_pid=${rp_f#/proc/}
+        rp_pid=${rp_pid%/environ}
+        case $rp_seen in *" $rp_pid "*) continue ;; esac
+        rp_seen="$rp_seen$rp_pid "
+        echo "$rp_pid"
+    done
+    # The group counts only while its leader is this run's launcher: after a reboot the
+    # recorded pgid may belong to a stranger.
+    [ -n "$rp_pgid" ] || return 0
+    case " $rp_tagged " in *"/proc/$rp_pgid/environ"*) ;; *) return 0 ;; esac
+    for rp_f in /proc/[0-9]*/stat; do
+        { read -r rp_line <"$rp_f"; } 2>/dev/null || continue
+        # shellcheck disable=SC2086 # split "state ppid pgrp ..." after the command name
+        set -- ${rp_line##*) }
+        if [ "$3" = "$rp_pgid" ] && [ "$1" != Z ] && [ "$1" != X ]; then
+            rp_pid=${rp_f#/proc/}
+            rp_pid=${rp_pid%/stat}
+            case $rp_seen in *" $rp_pid "*) continue ;; esac
+            rp_seen="$rp_seen$rp_pid "
+            echo "$rp_pid"
         fi
-    } | grep -vx -e "$rp_keep" -e "$$" | sort -u
+    done
 }
 
 run_alive() {  # run_alive ID PGID: true if any process of the run is alive
