@@ -289,7 +289,7 @@ def write_months(
         except FileNotFoundError:
             pass
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text)
+        atomic_write(path, text, "none")  # made again from run.info at any time
         written += 1
     return written
 

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 
 def fsync_dir(folder: Path) -> None:
@@ -43,27 +43,37 @@ def create_temp(folder: Path, prefix: str) -> tuple[int, Path]:
     raise FileExistsError(errno.EEXIST, "no free temp file name", str(folder))
 
 
+# How much of an atomic write survives a power cut: "all" (the data and the rename),
+# "data" (the new data, or the old file: never an empty one) and "none" (for files that
+# are made again from others, such as pages and bills; still never half written).
+Sync = Literal["all", "data", "none"]
+
+
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Yield a temp file beside ``path``; when the block ends without error, fsync it and
-    rename it over ``path``. On error the temp file is removed and ``path`` is untouched.
+def atomic_file(path: Path, sync: Sync = "all") -> Iterator[BinaryIO]:
+    """Yield a temp file beside ``path``; when the block ends without error, flush it to
+    disk as ``sync`` says and rename it over ``path``. On error the temp file is removed
+    and ``path`` is untouched.
     """
     fd, tmp = create_temp(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
-            out.flush()
-            os.fsync(out.fileno())
+            if sync != "none":
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync == "all":
+        fsync_dir(path.parent)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file beside it, fsync, rename)."""
-    with atomic_file(path) as out:
+def atomic_write(path: Path, data: bytes, sync: Sync = "all") -> None:
+    """Replace ``path`` with ``data`` atomically (temp file beside it, fsync as ``sync``
+    says, rename)."""
+    with atomic_file(path, sync) as out:
         out.write(data)
 
 

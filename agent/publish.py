@@ -6,9 +6,10 @@ waits for it). It reads every run.info once at start (:class:`agent.index.ShareI
 then only the run that changed, so one state change costs the same on a share of ten runs
 as of ten thousand: that run's page, its project's page and ``droprun.html`` are made
 again, at most once every ``MIN_INTERVAL`` s, and a page is written (atomically) only if its
-text changed. Every ``LOOK_EVERY`` s it looks at the logs of running runs, so their pages
-follow the log and a stalled run is noticed. A failure here is logged and never stops the
-agent or a run.
+text changed. The billing file of a month is written in the same rounds, once per round
+however many of its runs ended. Every ``LOOK_EVERY`` s it looks at the logs of running
+runs, so their pages follow the log and a stalled run is noticed. A failure here is logged
+and never stops the agent or a run.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Publisher:
         self.dirty_runs: set[Path] = set()
         self.dirty_projects: set[str] = set()
         self.dirty_root = False
+        self.dirty_months: set[str] = set()  # billing files to write (months of ended runs)
         self.log_sizes: dict[Path, int] = {}
         self.bills: dict[Path, tuple[RunSummary, billing.BillLine | None, str]] = {}
         self.backfill: list[Path] = []  # ended runs without a page (filed before pages were)
@@ -95,6 +97,9 @@ class Publisher:
                 self.guarded("look at the projects", self.rescan)
                 next_rescan = now + RESCAN_EVERY
             if self.pending() and (stopping or now >= next_round):
+                months, self.dirty_months = self.dirty_months, set()
+                if months:  # in rounds too: a burst of ended runs rewrites each month once
+                    self.guarded("write the bills", self.write_bills, sorted(months))
                 self.guarded("write the pages", self.write_pages)
                 next_round = now + MIN_INTERVAL
             if stopping:
@@ -102,7 +107,13 @@ class Publisher:
 
     def pending(self) -> bool:
         """True if some page is to be written."""
-        return bool(self.dirty_root or self.dirty_projects or self.dirty_runs or self.backfill)
+        return bool(
+            self.dirty_root
+            or self.dirty_projects
+            or self.dirty_runs
+            or self.dirty_months
+            or self.backfill
+        )
 
     def guarded(self, what: str, step: Callable[..., object], *args: object) -> None:
         """Run ``step(*args)``; log (never raise) what goes wrong: publishing never stops
@@ -155,7 +166,9 @@ class Publisher:
         if now is not None:
             self.dirty_runs.add(path)
             if now.terminal and (before is None or not before.terminal):
-                self.write_bills([billing.bill_line(now, self.ctx.config.hosts)])
+                line = billing.bill_line(now, self.ctx.config.hosts)
+                if line is not None:
+                    self.dirty_months.add(line.month)
         for listener in self.on_run:
             self.guarded(f"tell of {path}", listener, before, now)
 
@@ -175,15 +188,12 @@ class Publisher:
                 self.dirty_root = True
                 self.dirty_projects.add(name)
 
-    def write_bills(self, ended: list[billing.BillLine | None] | None) -> None:
-        """Rewrite the billing files of the months of ``ended`` (None: of every month).
+    def write_bills(self, months: list[str] | None) -> None:
+        """Rewrite the billing files of ``months`` (None: of every month).
 
         Each run's line and CSV row are made once and kept while its summary is the same
         object (the index makes a new one when the run changes).
         """
-        months = None if ended is None else [line.month for line in ended if line is not None]
-        if months == []:
-            return
         cache: dict[Path, tuple[RunSummary, billing.BillLine | None, str]] = {}
         for run in self.index.runs():
             entry = self.bills.get(run.run_dir)
@@ -254,6 +264,6 @@ class Publisher:
         if not path.parent.resolve().is_relative_to(self.root.resolve()):
             self.ctx.log.warning("%s: leads out of the share; page not written", path.parent)
             return False
-        atomic_write(path, data)
+        atomic_write(path, data, "none")  # made again from run.info at any time
         self.digests[path] = digest
         return True

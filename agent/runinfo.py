@@ -319,4 +319,6 @@ def save(path: Path, info: RunInfo) -> None:
     """
     text = info.to_toml()
     RunInfo.from_toml(text, str(path))
-    atomic_write(path, text.encode("utf-8"))
+    # The rename itself is not flushed: after a power cut a run may find its previous
+    # state, and every state resumes (each step is redone from where run.info says).
+    atomic_write(path, text.encode("utf-8"), "data")
