@@ -15,7 +15,6 @@ import logging
 import math
 import posixpath
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,8 +29,10 @@ from agent.hosts.base import (
     Uploaded,
 )
 from agent.hosts.envcache import EnvCache
+from agent.hosts.helperout import parse_launched, parse_orphans, parse_polled, parse_status
 from agent.hosts.launcher import CONDA_SH_PLACES, make_launcher, procs_text
 from agent.hosts.mirror import Listing, parse_listing
+from agent.hosts.power import PowerControl
 from agent.hosts.sync import (
     LocalRsync,
     RsyncStats,
@@ -50,56 +51,7 @@ from agent.valuetypes import under_home
 log = logging.getLogger(__name__)
 
 
-def _number(word: str) -> int | None:
-    return None if word == "-" else int(word)
-
-
-def parse_status(out: bytes) -> ProcStatus:
-    """Parse ``status`` output ``STATE PID EXIT TIMED_OUT END START`` (``-``: unknown) (pure)."""
-    state, pid, code, timed_out, end, start = out.decode().split()
-    return ProcStatus(
-        state=state,  # type: ignore[arg-type]
-        pid=_number(pid),
-        exit_code=_number(code),
-        timed_out=timed_out == "1",
-        end_epoch=_number(end),
-        start_epoch=_number(start),
-    )
-
-
-def parse_polled(out: bytes) -> tuple[ProcStatus, bytes]:
-    """Parse ``poll`` or ``stop`` output: a status line, then log bytes (pure)."""
-    line, _, log_bytes = out.partition(b"\n")
-    return parse_status(line), log_bytes
-
-
-def parse_launched(out: bytes) -> Launched:
-    """Parse ``launch`` output ``PID START`` (pure): the pid is the job handle."""
-    pid, start = out.decode().split()
-    return Launched(pid, int(pid), _number(start))
-
-
-def parse_orphans(out: bytes) -> list[Orphan]:
-    """Parse ``orphans`` output, ``PATH\0ID\0START\0KB\0ALIVE\0`` per run dir (pure)."""
-    fields = out.split(b"\0")
-    found = []
-    for i in range(0, len(fields) - 4, 5):
-        path, run_id, start, kbytes, alive = (
-            f.decode(errors="surrogateescape") for f in fields[i : i + 5]
-        )
-        found.append(
-            Orphan(
-                path=path,
-                run_id=None if run_id == "-" else run_id,
-                start_epoch=int(start) if start.isdigit() else None,
-                kbytes=int(kbytes or 0),
-                alive=alive == "1",
-            )
-        )
-    return found
-
-
-class ShellHost:
+class ShellHost(PowerControl):
     """A :class:`agent.hosts.base.Host` that runs everything through ``transport``.
 
     ``local_rsync`` is the agent's rsync, shared by all hosts so that its version is
@@ -129,12 +81,8 @@ class ShellHost:
             procs_text()
             + importlib.resources.files("agent.hosts").joinpath("helper.sh").read_text()
         )
+        super().__init__()
         self._root: str | None = None
-        self._last_no_answer = "not tried yet"
-        self._asleep = False  # as far as the agent knows: powered off by it, or no answer
-        self._power_lock = threading.Lock()
-        self._powered_off = False
-        self._last_idle = 0.0
         self._locks_lock = threading.Lock()
         self._cache_locks: dict[str, threading.Lock] = {}
         self._local_rsync = local_rsync or LocalRsync()
@@ -183,102 +131,6 @@ class ShellHost:
                 transient=result.exit_code == 255,
             )
         return result
-
-    # -- reachability and power ------------------------------------------------------------
-
-    def awake(self) -> bool:
-        """Return False if the agent powered the host off or it last did not answer."""
-        return not self._asleep
-
-    def reachable(self) -> bool:
-        """Return True if the host runs a trivial command now, False if it does not answer.
-
-        Raises HostKeyError and other permanent HostErrors (a refused login): waiting
-        would not help, so they must not look like a server that is still asleep.
-        """
-        try:
-            ok = self.transport.run(["true"], timeout=15.0).exit_code == 0
-        except HostError as exc:
-            if not exc.transient:
-                raise
-            self._last_no_answer = str(exc)
-            ok = False
-        else:
-            if not ok:
-                self._last_no_answer = "`true` failed on the host"
-        self._asleep = not ok
-        return ok
-
-    def wake(self) -> None:
-        """Send a Wake-on-LAN packet if the host has ``wake_mac``; otherwise do nothing."""
-        if not self.config.wake_mac:
-            return
-        from agent.hosts.wol import send_magic_packet
-
-        try:
-            send_magic_packet(
-                self.config.wake_mac, self.config.wake_broadcast, self.config.wake_port
-            )
-        except OSError as exc:
-            raise HostError(f"{self.name}: cannot send Wake-on-LAN: {exc}", transient=True) from exc
-
-    def wait_ready(self, timeout: float) -> None:
-        """Poll with backoff until the host answers; raise HostError after ``timeout`` s.
-
-        The Wake-on-LAN packet (if configured) is sent again before every retry: it is one
-        UDP datagram and may be lost. The error names the host and its last failure.
-        """
-        deadline = time.monotonic() + timeout
-        delay = 0.5
-        while not self.reachable():
-            if time.monotonic() >= deadline:
-                raise HostError(
-                    f"{self.name} did not answer within wake_timeout ({timeout:g} s); "
-                    f"last try: {self._last_no_answer}",
-                    transient=True,
-                )
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 10.0)
-            self.wake()
-
-    def run_starting(self) -> None:
-        """Cancel a pending power-off (only for hosts that power off when idle).
-
-        A failing cancel command is logged, not raised: the run itself can go on, and
-        the agent's own power-off is only ever sent when no run is active.
-        """
-        if self.config.shutdown_after is None:
-            return
-        try:
-            self._helper("power", self.config.cancel_shutdown_command)
-        except HostError as exc:
-            log.warning("%s: cancel_shutdown_command failed: %s", self.name, exc)
-
-    def idle_for(self, seconds: float) -> None:
-        """Power the host off once per idle period of ``shutdown_after`` seconds.
-
-        Called on every agent tick with the length of the current idle period; cheap
-        unless the command is due. A shorter ``seconds`` than last time means a new idle
-        period (a run came and went) and arms the power-off again. A failing command is
-        logged, not retried: a server that went down while being told to is the common
-        case, and retrying every tick would flood the log.
-        """
-        after = self.config.shutdown_after
-        if after is None:
-            return
-        with self._power_lock:
-            if seconds < self._last_idle:
-                self._powered_off = False
-            self._last_idle = seconds
-            if seconds < after or self._powered_off:
-                return
-            self._powered_off = True
-            self._asleep = True
-        log.info("%s: idle for %.0f s, running shutdown_command", self.name, seconds)
-        try:
-            self._helper("power", self.config.shutdown_command, timeout=30.0)
-        except HostError as exc:
-            log.warning("%s: shutdown_command failed: %s", self.name, exc)
 
     def gpu_names(self, devices: str | None = None) -> list[str] | None:
         """Return the names of the GPUs ``devices`` (all if None) via ``nvidia-smi``.

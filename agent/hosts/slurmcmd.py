@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.hosts.base import Allocation, LaunchSpec, ProcStatus, RunRef
-from agent.hosts.shell import parse_status
+from agent.hosts.helperout import parse_status
 
 # squeue's fields, "|" between them; the free texts (comment, reason) last.
 QUEUE_FORMAT = "%i|%j|%T|%S|%e|%N|%P|%b|%k|%r"
