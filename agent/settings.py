@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.durations import format_duration
+from agent.fields import Field
 from agent.fsutil import NotPlainFile, read_plain
 from agent.problems import InvalidFile, Problem
 from agent.schema import (
@@ -21,7 +22,6 @@ from agent.schema import (
     PROJECT_NOTIFY_FIELDS,
     REQUEST_ONLY_FIELDS,
     RUN_FIELDS,
-    Field,
     RunSettings,
 )
 from agent.tomlsrc import KeyLines, KeyPath, Parsed, describe, key_name, parse_bytes

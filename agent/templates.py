@@ -13,6 +13,7 @@ from typing import Any
 
 import tomlkit
 
+from agent.fields import Field
 from agent.hosts.kinds import Kinds, builtin_kinds
 from agent.schema import (
     AGENT_FIELDS,
@@ -20,7 +21,6 @@ from agent.schema import (
     PROJECT_NOTIFY_FIELDS,
     REQUEST_ONLY_FIELDS,
     RUN_FIELDS,
-    Field,
 )
 
 _HOW_TO = '# Every key is shown commented out with its default; remove the "#" to set it.'

@@ -18,6 +18,7 @@ import tomlkit
 
 from agent import runinfo
 from agent.cli import make_parser
+from agent.fields import Field
 from agent.hosts.kinds import builtin_kinds
 from agent.schema import (
     AGENT_FIELDS,
@@ -26,7 +27,6 @@ from agent.schema import (
     PROJECT_NOTIFY_FIELDS,
     REQUEST_ONLY_FIELDS,
     RUN_FIELDS,
-    Field,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

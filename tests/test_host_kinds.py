@@ -11,12 +11,13 @@ import pytest
 
 from agent import runinfo
 from agent.agentfile import load_agent_config
+from agent.fields import setting
 from agent.hosts.base import Host
 from agent.hosts.kinds import HostEnv, HostKind, builtin_kinds
 from agent.hosts.local import LocalTransport
 from agent.hosts.shell import ShellHost
 from agent.problems import InvalidFile
-from agent.schema import HostConfig, setting
+from agent.schema import HostConfig
 from agent.service import make_context, serve
 from agent.templates import agent_template
 from agent.valuetypes import NAME

@@ -17,8 +17,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from agent.fields import Field, schema_fields
 from agent.hosts.base import Host
-from agent.schema import Field, HostConfig, schema_fields
+from agent.schema import HostConfig
 
 if TYPE_CHECKING:
     from agent.hosts.sync import LocalRsync

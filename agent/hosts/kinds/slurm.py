@@ -7,10 +7,10 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from agent.fields import setting
 from agent.hosts.base import Host
 from agent.hosts.kinds import HostEnv, HostKind
 from agent.hosts.kinds.ssh import SshConfig
-from agent.schema import setting
 from agent.tomlsrc import describe
 from agent.valuetypes import INTEGER, MAX_ITEMS, STRINGS, WORD, Context, ValueType, between
 

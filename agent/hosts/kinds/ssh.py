@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.fields import setting
 from agent.hosts.base import Host
 from agent.hosts.kinds import HostEnv, HostKind
-from agent.schema import HostConfig, setting
+from agent.schema import HostConfig
 from agent.valuetypes import ADDRESS, INTEGER, SSH_FILE, USER, between
 
 
