@@ -26,17 +26,15 @@ run_pids() {  # run_pids ID PGID KEEP: the live pids of the run, one per line, K
     # recorded pgid may belong to a stranger.
     [ -n "$rp_pgid" ] || return 0
     case " $rp_tagged " in *"/proc/$rp_pgid/environ"*) ;; *) return 0 ;; esac
-    for rp_f in /proc/[0-9]*/stat; do
-        { read -r rp_line <"$rp_f"; } 2>/dev/null || continue
-        # shellcheck disable=SC2086 # split "state ppid pgrp ..." after the command name
-        set -- ${rp_line##*) }
-        if [ "$3" = "$rp_pgid" ] && [ "$1" != Z ] && [ "$1" != X ]; then
-            rp_pid=${rp_f#/proc/}
-            rp_pid=${rp_pid%/stat}
-            case $rp_seen in *" $rp_pid "*) continue ;; esac
-            rp_seen="$rp_seen$rp_pid "
-            echo "$rp_pid"
-        fi
+    # One grep for the members of the group (a shell loop that reads /proc/*/stat costs a
+    # system call per byte): "PID (COMM) STATE PPID PGRP ...", COMM may hold ") ".
+    rp_group=$(grep -lsE "^[0-9]+ \(.*\) [^ZX] -?[0-9]+ $rp_pgid " /proc/[0-9]*/stat 2>/dev/null)
+    for rp_f in $rp_group; do
+        rp_pid=${rp_f#/proc/}
+        rp_pid=${rp_pid%/stat}
+        case $rp_seen in *" $rp_pid "*) continue ;; esac
+        rp_seen="$rp_seen$rp_pid "
+        echo "$rp_pid"
     done
 }
 
