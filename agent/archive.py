@@ -355,7 +355,7 @@ def _write(root_fd: int, entries: Sequence[Entry], dest: Path) -> ArchiveInfo:
     changed: list[str] = []
     with (
         atomic_file(dest) as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz,  # gzip(1)'s
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for entry in entries:
