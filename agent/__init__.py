@@ -10,9 +10,16 @@ The modules follow the data flow (docs/design.md §6 and the README's map of the
 - ``watcher``, ``service``: the long-running agent; ``cli``: the ``droprun`` command
 """
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("droprun")  # one place: pyproject.toml
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "unknown"
+def __getattr__(name: str) -> str:
+    """Return ``agent.__version__`` (from pyproject.toml via the installed metadata, or
+    "unknown" in a source tree never installed), looked up on first use: importing
+    importlib.metadata costs every ``droprun`` command 50 ms it mostly does not need."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("droprun")
+    except PackageNotFoundError:
+        return "unknown"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ def create_temp(folder: Path, prefix: str) -> tuple[int, Path]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
-        tmp = folder / f"{prefix}{secrets.token_hex(6)}.tmp"
+        tmp = folder / f"{prefix}{os.urandom(6).hex()}.tmp"  # secrets.token_hex(6)
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

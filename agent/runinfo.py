@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import time
 import tomllib
-import uuid
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import tomlkit
 
 from agent import tomlwrite
 from agent.fsutil import atomic_write, read_plain
@@ -73,6 +70,8 @@ class RunInfoError(UserError):
 
 def new_run_id() -> str:
     """Return a fresh unique run id (32 hex digits)."""
+    import uuid  # only the agent makes runs; listings should not pay for the import
+
     return uuid.uuid4().hex
 
 
@@ -182,6 +181,8 @@ class RunInfo:
         text = tomlwrite.dumps(data)
         if text is not None:
             return text
+        import tomlkit  # only for values tomlwrite does not write: not worth every import
+
         doc = tomlkit.document()
         doc.add("format", FORMAT)
         for f in fields(self):

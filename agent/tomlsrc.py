@@ -1,4 +1,8 @@
-"""TOML source text: parse with tomlkit, and find the line of every key for messages.
+"""TOML source text: parse it, and find the line of every key for messages.
+
+A valid file is parsed with tomllib (several times faster, and a command that reads only
+valid files never imports tomlkit); a broken one is parsed again with tomlkit, whose
+errors say where and what.
 
 tomlkit gives no positions for keys, and stops at the first duplicate key with an imprecise
 line, so a small scanner here maps each key path to the line that defines it and lists
@@ -8,13 +12,11 @@ duplicate definitions.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-
-import tomlkit
-from tomlkit.exceptions import ParseError, TOMLKitError
 
 from agent.problems import Problem
 
@@ -30,6 +32,9 @@ _SIMPLE_ESCAPES = MappingProxyType(
 # No droprun key is nested deeper than 3 (defaults.env.NAME). Refusing deeper keys before
 # tomlkit sees them keeps hostile input cheap: tomlkit spends seconds on 64 KiB of deep tables.
 MAX_KEY_PARTS = 10
+# tomllib takes values nested deeper than tomlkit's limit (100); no droprun file nests
+# more than 4, so deeper data is left to tomlkit, which refuses it as it always did.
+TOMLLIB_MAX_NESTING = 20
 _TOMLKIT_WHERE = re.compile(r"\s+at line \d+ col \d+$")
 # Byte order marks of encodings that are not UTF-8 (UTF-32 first: it starts like UTF-16).
 _OTHER_BOMS = (
@@ -49,6 +54,8 @@ def describe(value: object) -> str:
     if isinstance(value, float):
         return f"{value} (a number with a fraction)"
     if isinstance(value, str):
+        import tomlkit  # messages only: see the module's docstring
+
         shown = value if len(value) <= 40 else value[:40] + "..."
         return tomlkit.string(shown).as_string() + " (a string)"
     if isinstance(value, list | tuple):
@@ -61,6 +68,8 @@ def describe(value: object) -> str:
 
 def key_name(path: Iterable[str]) -> str:
     """Return a key path as written in TOML: ``hosts.gpu1.port``, ``env."MY VAR"``."""
+    import tomlkit  # messages only: see the module's docstring
+
     return ".".join(
         part if _BARE_KEY.fullmatch(part) else tomlkit.string(part).as_string() for part in path
     )
@@ -298,6 +307,20 @@ def _plain_parse_message(message: str) -> str:
     return message or "cannot be parsed"
 
 
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    """Return True if arrays and tables in ``data`` are nested more than ``limit`` deep."""
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack += [(item, depth + 1) for item in value.values()]
+        elif isinstance(value, list):
+            stack += [(item, depth + 1) for item in value]
+    return False
+
+
 def parse_text(text: str, filename: str) -> Parsed:
     """Parse TOML ``text`` into plain Python data and the lines of its keys.
 
@@ -309,6 +332,15 @@ def parse_text(text: str, filename: str) -> Parsed:
     if lines.too_deep is not None:
         message = f"keys are nested more than {MAX_KEY_PARTS} levels deep"
         return Parsed(None, lines, (Problem(filename, lines.too_deep, None, message),))
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        data = None  # not valid: parsed again below, for tomlkit's message and line
+    if data is not None and not _nested_deeper_than(data, TOMLLIB_MAX_NESTING):
+        return Parsed(data, lines)
+    import tomlkit
+    from tomlkit.exceptions import ParseError, TOMLKitError
+
     try:
         data = tomlkit.parse(text).unwrap()
     except RecursionError:
