@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import runinfo, share
+from agent import layout, runinfo
 from agent.fsutil import read_plain
 
 INDEX_KEYS = frozenset(
@@ -183,8 +183,8 @@ class ShareIndex:
     def build(cls, root: Path) -> ShareIndex:
         """Read every run.info of the share once (the fast head reader)."""
         index = cls(root)
-        for project in share.project_dirs(root):
-            runs = {n: read_summary(d, project.name, n) for n, d in share.run_dirs(project)}
+        for project in layout.project_dirs(root):
+            runs = {n: read_summary(d, project.name, n) for n, d in layout.run_dirs(project)}
             index.projects[project.name] = runs
             index.rejections[project.name] = read_rejections(project)
         return index

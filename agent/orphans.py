@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 
-from agent import runinfo, share
+from agent import layout, runinfo, share
 from agent.hosts.base import Orphan
 from agent.hosts.kinds import HostEnv, open_host
 from agent.hosts.kinds.ssh import SshConfig
@@ -20,7 +20,7 @@ from agent.schema import AgentConfig
 def claimed_run_ids(config: AgentConfig) -> set[str]:
     """Return the ids of the runs on the share that still own a dir on a host (not ended)."""
     claimed = set()
-    for run_dir in share.iter_run_dirs(config.share):
+    for run_dir in layout.iter_run_dirs(config.share):
         try:
             info = runinfo.load(run_dir / "run.info", summary=True)
         except runinfo.RunInfoError:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent import billing, share
+from agent import billing, layout
 from agent.context import RunContext
 from agent.fsutil import atomic_write, read_plain
 from agent.index import RunSummary, ShareIndex
@@ -175,7 +175,7 @@ class Publisher:
     def rescan(self) -> None:
         """Follow what no run change tells: projects made or removed, rejected requests that
         their owners removed (one folder listing per project)."""
-        present = {p.name: p for p in share.project_dirs(self.root)}
+        present = {p.name: p for p in layout.project_dirs(self.root)}
         for name in set(self.index.projects) - set(present):
             del self.index.projects[name]
             self.index.rejections.pop(name, None)

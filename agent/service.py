@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent import runinfo, share
+from agent import layout, runinfo, share
 from agent.context import RunContext
 from agent.hosts.kinds import HostEnv, Kinds, open_host
 from agent.hosts.sync import LocalRsync
@@ -169,7 +169,7 @@ class Intake:
 def resume(ctx: RunContext, scheduler: Scheduler) -> int:
     """Queue again every run on the share that is not terminal; return how many."""
     pending: list[tuple[int, str, int, Path, runinfo.RunInfo]] = []
-    for run_dir in share.iter_run_dirs(ctx.config.share):
+    for run_dir in layout.iter_run_dirs(ctx.config.share):
         path = run_dir / "run.info"
         if not path.exists():
             continue
@@ -244,7 +244,7 @@ class Agent:
     def rescan(self) -> None:
         """Look at the whole share: every project folder and every waiting request."""
         now = time.monotonic()
-        self.projects = set(share.project_dirs(self.root))
+        self.projects = set(layout.project_dirs(self.root))
         self.sync_watches()
         present = share.find_requests(self.root)
         for path in present:

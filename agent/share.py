@@ -1,4 +1,5 @@
-"""The share's layout: projects, requests, run folders, and accepting or rejecting a request.
+"""Requests on the share, run numbers, and accepting or rejecting a request (the folders
+themselves are listed by ``layout``).
 
 Accepting claims the next run number, moves the request verbatim into ``results/run_N/``
 and writes the first ``run.info``. Rejecting renames the request to ``*.rejected`` and
@@ -14,13 +15,13 @@ import re
 import secrets
 import socket
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent import runinfo
 from agent.fsutil import NotPlainFile, atomic_write, read_plain
-from agent.names import is_project_name, is_request_name, request_kind
+from agent.layout import project_dirs, run_dirs
+from agent.names import is_request_name, request_kind
 from agent.plan import Plan, plan_runs
 from agent.problems import InvalidFile, Problem
 from agent.rerun import run_number
@@ -32,7 +33,6 @@ from agent.settings import (
     read_project_layer,
 )
 
-RUN_DIR_RE = re.compile(r"^run_(\d+)$")
 COUNTER_NAME = ".next_run"
 RICH_TEXT_PROBLEM = (
     "{name} is a rich-text document (TextEdit, Word or Pages), not plain text: save it as "
@@ -56,17 +56,6 @@ def share_id(share: Path, machine_id_file: Path = Path("/etc/machine-id")) -> st
     digest = hashlib.sha256(f"{machine}\0{share.resolve()}".encode()).hexdigest()[:12]
     label = re.sub(r"[^A-Za-z0-9._-]+", "_", share.resolve().name).strip("._") or "share"
     return f"{label[:40]}-{digest}"
-
-
-def project_dirs(share: Path) -> list[Path]:
-    """Return the folders directly under ``share`` that may hold requests, sorted by name."""
-    try:
-        entries = sorted(os.scandir(share), key=lambda e: e.name)
-    except FileNotFoundError:
-        return []
-    return [
-        Path(e.path) for e in entries if is_project_name(e.name) and e.is_dir(follow_symlinks=False)
-    ]
 
 
 def find_requests(share: Path) -> list[Path]:
@@ -94,27 +83,6 @@ def signature(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_size, st.st_mtime_ns)
-
-
-def run_dirs(project: Path) -> list[tuple[int, Path]]:
-    """Return (number, folder) of every ``results/run_N`` of ``project``, by number."""
-    try:
-        entries = list(os.scandir(project / "results"))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    runs = []
-    for e in entries:
-        m = RUN_DIR_RE.match(e.name)
-        if m and e.is_dir(follow_symlinks=False):
-            runs.append((int(m.group(1)), Path(e.path)))
-    return sorted(runs)
-
-
-def iter_run_dirs(share: Path) -> Iterator[Path]:
-    """Yield every run folder of every project of ``share``."""
-    for project in project_dirs(share):
-        for _, run_dir in run_dirs(project):
-            yield run_dir
 
 
 def claim_run_dir(project: Path) -> tuple[int, Path]:
