@@ -2,13 +2,15 @@
 
 A share of 10,000 runs has 10,000 run.info files, nearly all of finished runs that never
 change again. The summary of each run is kept in ``<state_dir>/status-cache.json``, keyed
-by its run.info's (inode, size, mtime_ns), so a listing only stats every run.info and
-reads the ones whose key changed. The cache is only ever a shortcut:
+by its run.info's (inode, size, mtime_ns), and so is each project's list of run folders,
+keyed by its ``results`` folder's (inode, mtime_ns): a listing stats every run.info (and
+every ``results``) and reads only what changed. The cache is only ever a shortcut:
 
-- an entry whose key differs from the run.info's is read again (the agent replaces
-  run.info by rename, so each write has a new inode; an edit in place changes mtime);
-- an entry is stored once its run.info is ``SETTLED_NS`` old, so a rewrite of the same
-  size within one tick of the file system's clock cannot hide behind an equal key;
+- an entry whose key differs from the file's is read again (the agent replaces run.info
+  by rename, so each write has a new inode; an edit in place changes mtime; a run folder
+  made, removed or renamed changes the mtime of ``results``);
+- an entry is stored once its file is ``SETTLED_NS`` old, so a change within one tick of
+  the file system's clock cannot hide behind an equal key;
 - a cache that cannot be read, is corrupt, is of another share or ``CACHE_FORMAT`` is
   ignored, and one that cannot be written (a read-only state_dir) is not written.
 
@@ -36,11 +38,15 @@ if TYPE_CHECKING:
 CACHE_NAME = "status-cache.json"
 CACHE_FORMAT = 1
 SETTLED_NS = 2_000_000_000  # FAT's clock ticks every 2 s; ext4's and btrfs's far finer
-# An entry: run.info's key, then what a row shows (see _entry; None: the key is absent).
+# A run: run.info's key, then what a row shows (see _entry; None: the key is absent).
 # [inode, size, mtime_ns, project, run, state, host, start_epoch, duration_s, exit_code,
 #  sweep_id]
 Entry = list[Any]
-Cache = dict[str, dict[str, Entry]]  # project folder -> run folder name -> entry
+# A project's run folders: the key of its results folder, then their names by number.
+# [inode, mtime_ns, ["run_0", "run_1", ...]]
+Listing = list[Any]
+# Project folder name -> {"listing": Listing (absent: not kept), "runs": {name: Entry}}.
+Cache = dict[str, dict[str, Any]]
 
 
 @contextmanager
@@ -76,16 +82,16 @@ def load_cache(path: Path, share: Path) -> Cache:
         not isinstance(data, dict)
         or data.get("format") != CACHE_FORMAT
         or data.get("share") != str(share)
-        or not isinstance(data.get("runs"), dict)
+        or not isinstance(data.get("projects"), dict)
     ):
         return {}
-    return {k: v for k, v in data["runs"].items() if isinstance(v, dict)}
+    return {k: v for k, v in data["projects"].items() if isinstance(v, dict)}
 
 
-def save_cache(path: Path, share: Path, runs: Cache) -> None:
-    """Replace the cache at ``path`` atomically with ``runs``; do nothing if it cannot be
-    written (the cache only saves time: status works without it)."""
-    text = json.dumps({"format": CACHE_FORMAT, "share": str(share), "runs": runs})
+def save_cache(path: Path, share: Path, projects: Cache) -> None:
+    """Replace the cache at ``path`` atomically with ``projects``; do nothing if it cannot
+    be written (the cache only saves time: status works without it)."""
+    text = json.dumps({"format": CACHE_FORMAT, "share": str(share), "projects": projects})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text.encode("utf-8"))
@@ -109,6 +115,18 @@ def _valid(entry: Any) -> bool:
         and (entry[8] is None or type(entry[8]) is int)
         and (entry[9] is None or type(entry[9]) is int)
         and (entry[10] is None or type(entry[10]) is str)
+    )
+
+
+def _valid_listing(listing: Any) -> bool:
+    """Return True if ``listing`` has a listing's shape, types and run folder names (pure)."""
+    return (
+        type(listing) is list
+        and len(listing) == 3
+        and type(listing[0]) is int
+        and type(listing[1]) is int
+        and type(listing[2]) is list
+        and all(type(name) is str and layout.RUN_DIR_RE.match(name) for name in listing[2])
     )
 
 
@@ -154,6 +172,20 @@ def _summary(run_dir: str, cached: Any, settled: int) -> tuple[Entry | None, boo
     return entry, entry is not None and st.st_mtime_ns <= settled
 
 
+def _run_names(folder: str, cached: Any, settled: int) -> tuple[list[str], Listing | None]:
+    """Return the names of the run folders of the project ``folder``, by number: those of
+    ``cached`` if its key is its results folder's; and the listing the cache may keep."""
+    try:
+        st = os.stat(folder + "/results")
+    except (FileNotFoundError, NotADirectoryError):  # as layout.run_names
+        return [], None
+    key = [st.st_ino, st.st_mtime_ns]
+    if _valid_listing(cached) and cached[:2] == key:
+        return cached[2], cached
+    names = [name for _, name in layout.run_names(folder)]
+    return names, [*key, names] if st.st_mtime_ns <= settled else None
+
+
 def _duration(entry: Entry, now: float) -> str:
     """Return the run's wall time as H:MM:SS: recorded, or so far while it runs (pure)."""
     start, duration, state = entry[7], entry[8], entry[5]
@@ -197,8 +229,13 @@ def status_rows(
     names = [p.name for p in layout.project_dirs(config.share)] if project is None else [project]
     for name in names:
         folder = os.path.join(config.share, name)
-        known, kept = cached.get(name, {}), fresh.setdefault(name, {})
-        for _, run_name in layout.run_names(folder):
+        before = cached.get(name, {})
+        kept: dict[str, Entry] = {}
+        runs = before.get("runs")
+        known: dict[str, Any] = runs if isinstance(runs, dict) else {}
+        run_names, listing = _run_names(folder, before.get("listing"), settled)
+        fresh[name] = {"runs": kept} if listing is None else {"listing": listing, "runs": kept}
+        for run_name in run_names:
             run_dir = f"{folder}/results/{run_name}"
             entry, keep = _summary(run_dir, known.get(run_name), settled)
             if entry is None:

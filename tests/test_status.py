@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +59,8 @@ def make_share(tmp_path: Path) -> AgentConfig:
     ]  # fmt: skip
     for run_dir in dirs:
         settle(run_dir)
+    for project in ("alpha", "beta"):  # the results folders too: their lists of runs
+        os.utime(share / project / "results", (HOUR_AGO, HOUR_AGO))
     return config
 
 
@@ -97,7 +101,8 @@ def test_rows_from_the_cache_are_those_of_the_files(tmp_path: Path) -> None:
     assert row(first, "beta", "run_7")[5:] == ["1:06:40", "-"]
     cache = json.loads(cache_path(config).read_text())
     assert cache["format"] == CACHE_FORMAT
-    assert sorted(cache["runs"]["alpha"]) == ["run_0", "run_1", "run_2"]
+    assert sorted(cache["projects"]["alpha"]["runs"]) == ["run_0", "run_1", "run_2"]
+    assert cache["projects"]["alpha"]["listing"][2] == ["run_0", "run_1", "run_2"]
     assert status_rows(config) == first  # now from the cache
     assert status_rows(config, None, "ab12cd34") == uncached(config, tmp_path, None, "ab12cd34")
     assert status_rows(config, "beta") == uncached(config, tmp_path, "beta")
@@ -117,6 +122,38 @@ def test_a_run_info_whose_key_is_unchanged_is_not_read_again(tmp_path: Path) -> 
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert row(status_rows(config), "alpha", "run_1")[6] == "3"
     assert row(uncached(config, tmp_path), "alpha", "run_1")[6] == "4"
+    # The same for a results folder's list of runs.
+    results = config.share / "beta" / "results"
+    st = results.stat()
+    add_run(config.share, "beta", 9)
+    os.utime(results, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [r[1] for r in status_rows(config) if r[0] == "beta"] == ["run_0", "run_7"]
+    assert [r[1] for r in uncached(config, tmp_path) if r[0] == "beta"] == [
+        "run_0",
+        "run_7",
+        "run_9",
+    ]
+
+
+def test_what_changed_within_one_tick_of_the_clock_is_not_cached(tmp_path: Path) -> None:
+    """A file system's clock ticks (2 s on FAT): a file changed twice within a tick keeps its
+    mtime. Simulated by putting the mtime back; a time not yet 2 s past is never cached."""
+    config = make_share(tmp_path)
+    soon = time.time() + 3600  # never "2 s past" during the test, however slow the machine
+    path = config.share / "alpha" / "results" / "run_1" / "run.info"
+    results = config.share / "beta" / "results"
+    os.utime(path, (soon, soon))
+    os.utime(results, (soon, soon))
+    status_rows(config)
+    edit_in_place(path, "exit_code = 3", "exit_code = 8")
+    os.utime(path, (soon, soon))
+    add_run(config.share, "beta", 9)
+    os.utime(results, (soon, soon))
+    rows = status_rows(config)
+    assert row(rows, "alpha", "run_1")[6] == "8"
+    assert [r[1] for r in rows if r[0] == "beta"] == ["run_0", "run_7", "run_9"]
+    assert "run_1" not in _cached(config, "alpha")["runs"]
+    assert "listing" not in _cached(config, "beta")
 
 
 @pytest.mark.parametrize("mtime", ["now", "another hour"])
@@ -174,8 +211,8 @@ def test_a_deleted_run_disappears_and_a_new_run_appears(tmp_path: Path) -> None:
         ["gamma", "run_0", "succeeded"],
     ]
     assert rows == uncached(config, tmp_path)
-    runs = json.loads(cache_path(config).read_text())["runs"]
-    assert "beta" not in runs and "run_1" not in runs["alpha"]
+    projects = json.loads(cache_path(config).read_text())["projects"]
+    assert "beta" not in projects and "run_1" not in projects["alpha"]["runs"]
 
 
 def test_an_unreadable_run_info_is_shown_as_such_and_read_again_once_fixed(
@@ -193,32 +230,44 @@ def test_an_unreadable_run_info_is_shown_as_such_and_read_again_once_fixed(
     assert row(status_rows(config), "alpha", "run_0")[2] == "succeeded"
 
 
-def _cache_entry_of(config: AgentConfig, project: str, run: str) -> list[object]:
-    return list(json.loads(cache_path(config).read_text())["runs"][project][run])
+def _cached(config: AgentConfig, project: str) -> dict[str, Any]:
+    return dict(json.loads(cache_path(config).read_text())["projects"][project])
 
 
-CORRUPT = {
-    "empty": lambda c, e: b"",
-    "binary": lambda c, e: b"\x00\xff garbage",
-    "truncated": lambda c, e: cache_path(c).read_bytes()[:-40],
-    "a list": lambda c, e: b"[1, 2, 3]",
-    "another format": lambda c, e: json.dumps(
-        {"format": CACHE_FORMAT + 1, "share": str(c.share), "runs": {"alpha": {"run_1": e}}}
-    ).encode(),
-    "another share": lambda c, e: json.dumps(
-        {"format": CACHE_FORMAT, "share": "/elsewhere", "runs": {"alpha": {"run_1": e}}}
-    ).encode(),
-    # The right key with wrong values: what a bug or a hand edit could leave.
-    "wrong types": lambda c, e: json.dumps(
+def _doc(config: AgentConfig, projects: object, **top: object) -> bytes:
+    doc = {"format": CACHE_FORMAT, "share": str(config.share), "projects": projects} | top
+    return json.dumps(doc).encode()
+
+
+# Each makes a cache from the share's config, alpha's run_1 entry and alpha's listing as
+# they would be now, but for the old exit code: a cache trusted in any way shows 3.
+CORRUPT: dict[str, Callable[[AgentConfig, list[Any], list[Any]], bytes]] = {
+    "empty": lambda c, e, ls: b"",
+    "binary": lambda c, e, ls: b"\x00\xff garbage",
+    "truncated": lambda c, e, ls: _doc(c, {"alpha": {"listing": ls, "runs": {"run_1": e}}})[:-9],
+    "a list": lambda c, e, ls: b"[1, 2, 3]",
+    "another format": lambda c, e, ls: _doc(
+        c, {"alpha": {"listing": ls, "runs": {"run_1": e}}}, format=CACHE_FORMAT + 1
+    ),
+    "another share": lambda c, e, ls: _doc(
+        c, {"alpha": {"listing": ls, "runs": {"run_1": e}}}, share="/elsewhere"
+    ),
+    # The right keys with wrong values: what a bug or a hand edit could leave.
+    "wrong types": lambda c, e, ls: _doc(
+        c,
         {
-            "format": CACHE_FORMAT,
-            "share": str(c.share),
-            "runs": {"alpha": {"run_1": [*e[:5], 7, *e[6:]], "run_0": "x"}, "beta": [1]},
-        }
-    ).encode(),
-    "short entry": lambda c, e: json.dumps(
-        {"format": CACHE_FORMAT, "share": str(c.share), "runs": {"alpha": {"run_1": e[:3]}}}
-    ).encode(),
+            "alpha": {"listing": ls, "runs": {"run_1": [*e[:5], 7, *e[6:]], "run_0": "x"}},
+            "beta": [1],
+        },
+    ),
+    "short entry": lambda c, e, ls: _doc(c, {"alpha": {"runs": {"run_1": e[:3]}}}),
+    "runs not a table": lambda c, e, ls: _doc(c, {"alpha": {"listing": ls, "runs": [e]}}),
+    "a listing with a name not of a run": lambda c, e, ls: _doc(
+        c, {"alpha": {"listing": [*ls[:2], ["run_0", "../../beta/results/run_0"]]}}
+    ),
+    "a listing of the wrong shape": lambda c, e, ls: _doc(
+        c, {"alpha": {"listing": [*ls[:2], ["run_0", 1]], "runs": {}}, "beta": {"listing": 5}}
+    ),
 }
 
 
@@ -228,20 +277,21 @@ def test_a_corrupt_cache_or_one_of_another_format_is_ignored_and_replaced(
 ) -> None:
     config = make_share(tmp_path)
     truth = status_rows(config)
-    entry = _cache_entry_of(config, "alpha", "run_1")
+    entry, listing = _cached(config, "alpha")["runs"]["run_1"], _cached(config, "alpha")["listing"]
     # What the run.info says now differs from what any stale entry says.
     path = config.share / "alpha" / "results" / "run_1" / "run.info"
     edit_in_place(path, "exit_code = 3", "exit_code = 6")
     settle(path.parent, HOUR_AGO - 60)
     wanted = uncached(config, tmp_path)
     assert wanted != truth
-    # A stale entry under another format or share, with the run.info's key as it is now.
+    # A stale entry with the run.info's key as it is now.
     st = path.stat()
     entry = [st.st_ino, st.st_size, st.st_mtime_ns, *entry[3:]]
-    cache_path(config).write_bytes(CORRUPT[kind](config, entry))
+    cache_path(config).write_bytes(CORRUPT[kind](config, entry, listing))
     assert status_rows(config) == wanted
     assert json.loads(cache_path(config).read_text())["format"] == CACHE_FORMAT
-    assert _cache_entry_of(config, "alpha", "run_1")[9] == 6
+    assert _cached(config, "alpha")["runs"]["run_1"][9] == 6
+    assert _cached(config, "alpha")["listing"] == listing
     assert status_rows(config) == wanted
 
 
