@@ -94,7 +94,7 @@ def save_cache(path: Path, share: Path, projects: Cache) -> None:
     text = json.dumps({"format": CACHE_FORMAT, "share": str(share), "projects": projects})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text.encode("utf-8"))
+        atomic_write(path, text.encode("utf-8"), sync="none")  # made again from run.info
     except OSError:
         pass  # a read-only or foreign state_dir: the next status reads the files again
 
