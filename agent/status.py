@@ -99,22 +99,27 @@ def save_cache(path: Path, share: Path, projects: Cache) -> None:
         pass  # a read-only or foreign state_dir: the next status reads the files again
 
 
+# The type of each field of a cache entry, and whether it may be null instead.
+_ENTRY_TYPES: tuple[tuple[type, bool], ...] = (
+    *((int, False),) * 3,
+    (str, False),
+    (int, False),
+    (str, False),
+    (str, True),
+    *((int, True),) * 3,
+    (str, True),
+)
+
+
 def _valid(entry: Any) -> bool:
     """Return True if ``entry`` has an entry's shape and types (pure)."""
     return (
         type(entry) is list
-        and len(entry) == 11
-        and type(entry[0]) is int
-        and type(entry[1]) is int
-        and type(entry[2]) is int
-        and type(entry[3]) is str
-        and type(entry[4]) is int
-        and type(entry[5]) is str
-        and (entry[6] is None or type(entry[6]) is str)
-        and (entry[7] is None or type(entry[7]) is int)
-        and (entry[8] is None or type(entry[8]) is int)
-        and (entry[9] is None or type(entry[9]) is int)
-        and (entry[10] is None or type(entry[10]) is str)
+        and len(entry) == len(_ENTRY_TYPES)
+        and all(
+            type(value) is kind or (nullable and value is None)
+            for value, (kind, nullable) in zip(entry, _ENTRY_TYPES, strict=True)
+        )
     )
 
 

@@ -15,13 +15,8 @@ run_pids() {  # run_pids ID PGID KEEP: the live pids of the run, one per line, K
     # /proc/PID/environ is the environment a process was started with; zombies have none.
     rp_tagged=$(grep -lsxzF "DROPRUN_RUN_ID=$rp_id" /proc/[0-9]*/environ 2>/dev/null)
     rp_seen=" $rp_keep $$ "
-    for rp_f in $rp_tagged; do
-        rp_pid=${rp_f#/proc/}
-        rp_pid=${rp_pid%/environ}
-        case $rp_seen in *" $rp_pid "*) continue ;; esac
-        rp_seen="$rp_seen$rp_pid "
-        echo "$rp_pid"
-    done
+    # shellcheck disable=SC2086 # one /proc path per word
+    rp_new $rp_tagged
     # The group counts only while its leader is this run's launcher: after a reboot the
     # recorded pgid may belong to a stranger.
     [ -n "$rp_pgid" ] || return 0
@@ -29,9 +24,14 @@ run_pids() {  # run_pids ID PGID KEEP: the live pids of the run, one per line, K
     # One grep for the members of the group (a shell loop that reads /proc/*/stat costs a
     # system call per byte): "PID (COMM) STATE PPID PGRP ...", COMM may hold ") ".
     rp_group=$(grep -lsE "^[0-9]+ \(.*\) [^ZX] -?[0-9]+ $rp_pgid " /proc/[0-9]*/stat 2>/dev/null)
-    for rp_f in $rp_group; do
+    # shellcheck disable=SC2086
+    rp_new $rp_group
+}
+
+rp_new() {  # rp_new /proc/PID/...: each PID not in $rp_seen yet, one per line (adds it)
+    for rp_f; do
         rp_pid=${rp_f#/proc/}
-        rp_pid=${rp_pid%/stat}
+        rp_pid=${rp_pid%%/*}
         case $rp_seen in *" $rp_pid "*) continue ;; esac
         rp_seen="$rp_seen$rp_pid "
         echo "$rp_pid"
