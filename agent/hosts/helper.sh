@@ -174,10 +174,7 @@ do_stop() {  # stop RUNDIR ID GRACE OFFSET LIMIT: kill what is left of a started
     so_status=$(do_status "$1" "$2") || exit $?
     case $so_status in
         not_started*) ;;
-        exited*)  # background jobs must not outlive the run dir: one look, if none, done
-            read_pid "$1"
-            [ -z "$(run_pids "$2" "$pid" "")" ] || do_kill "$1" "$2" "$3"
-            ;;
+        exited*) ;;  # the launcher ended every process of the run before it wrote exit
         *)
             do_kill "$1" "$2" "$3"
             case $so_status in running*) so_status=$(do_status "$1" "$2") || exit $? ;; esac
@@ -224,13 +221,15 @@ list_writing() {  # list_writing: "w\0PATH\0-\0-\0" per file a process has open 
     done
 }
 
-do_list() {  # list RUNDIR ID DIR: "NOW ALIVE\n", then list_files of DIR, then
+do_list() {  # list RUNDIR ID DIR [ended]: "NOW ALIVE\n", then list_files of DIR, then
     # "d\0PHYSICAL-DIR\0-\0-\0", then list_writing while the run is alive (the files
-    # open for writing matter only then)
+    # open for writing matter only then); "ended": the caller stopped the run, no look
     require_owned "$1" "$2"
-    read_pid "$1"
     alive=0
-    ! run_alive "$2" "$pid" || alive=1
+    if [ "${4:-}" != ended ]; then
+        read_pid "$1"
+        ! run_alive "$2" "$pid" || alive=1
+    fi
     now=$(date +%s.%N)
     case $now in *N*) now=$(date +%s) ;; esac  # BusyBox date has no %N
     echo "$now $alive"
@@ -480,7 +479,7 @@ case "$VERB" in
     log) need_args 4 $#; do_log "$1" "$2" "$3" "$4" ;;
     poll) need_args 4 $#; do_poll "$1" "$2" "$3" "$4" ;;
     stop) need_args 5 $#; do_stop "$1" "$2" "$3" "$4" "$5" ;;
-    list) need_args 3 $#; do_list "$1" "$2" "$3" ;;
+    list) need_args 3 $#; do_list "$1" "$2" "$3" "${4:-}" ;;
     mkdir) need_args 1 $#; mkdir -p -- "$1" ;;
     kill) need_args 3 $#; do_kill "$1" "$2" "$3" ;;
     cleanup) need_args 2 $#; do_cleanup "$1" "$2" ;;

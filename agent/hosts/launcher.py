@@ -61,7 +61,8 @@ sweep "$@"' droprun-sweep "$RUN_ID" "$LAUNCHER" {grace} "$1"
 }
 LAUNCHER=$$
 [ -s "$D/start" ] || put start "$(now)"  # the helper's, where it started this
-put pid "$LAUNCHER"
+{ read -r WRITTEN <"$D/pid"; } 2>/dev/null
+[ "${WRITTEN:-}" = "$LAUNCHER" ] || put pid "$LAUNCHER"  # the helper's, where it started this
 trap 'st=$?; put end "$(now)"; finish "$st"' EXIT
 # Trapped, not ignored: the launcher outlives a TERM to its group, the child gets the
 # default handling (an ignored signal would be inherited). The script runs in the

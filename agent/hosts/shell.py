@@ -91,6 +91,7 @@ class ShellHost(PowerControl):
         self._env = EnvCache()
         self._gpu_names: dict[str, list[str] | None] = {}
         self._made_parents: set[str] = set()  # caches' parents known to exist
+        self._stopped: set[str] = set()  # run ids this host stopped: none of their processes left
 
     # -- paths -------------------------------------------------------------------------
 
@@ -297,7 +298,9 @@ class ShellHost(PowerControl):
             return status, self.read_log(ref, offset, limit)
         seconds = max(0, math.ceil(grace))
         argv = (self.remote_dir(ref), ref.run_id, str(seconds), str(offset), str(limit))
-        return parse_polled(self._helper("stop", *argv, timeout=seconds + 30.0).stdout)
+        stopped = parse_polled(self._helper("stop", *argv, timeout=seconds + 30.0).stdout)
+        self._stopped.add(ref.run_id)
+        return stopped
 
     def read_log(self, ref: RunRef, offset: int, limit: int = 1 << 20) -> bytes:
         """Return up to ``limit`` bytes of the run's log from byte ``offset``."""
@@ -329,6 +332,7 @@ class ShellHost(PowerControl):
     def cleanup(self, ref: RunRef) -> None:
         """Remove the run dir on the host; the project cache stays."""
         self._helper("cleanup", self.remote_dir(ref), ref.run_id, timeout=600.0)
+        self._stopped.discard(ref.run_id)
 
     def close(self) -> None:
         """Release the transport's connections."""
@@ -339,8 +343,10 @@ class ShellHost(PowerControl):
     def list_outputs(self, ref: RunRef, output_dir: str) -> Listing:
         """Return the helper's listing of the run's ``output_dir``."""
         out_dir = posixpath.join(self.remote_dir(ref), output_dir)
-        run_dir = self.remote_dir(ref)
-        return parse_listing(self._helper("list", run_dir, ref.run_id, out_dir).stdout)
+        argv = [self.remote_dir(ref), ref.run_id, out_dir]
+        if ref.run_id in self._stopped:  # no process left to ask about
+            argv.append("ended")
+        return parse_listing(self._helper("list", *argv).stdout)
 
     def pulls_nanoseconds(self) -> bool:
         """Return True if a pull compares mtimes to the nanosecond (both rsyncs >= 3.1.3)."""
