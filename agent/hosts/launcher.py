@@ -77,10 +77,15 @@ trap 'SIGNALLED=1; [ -z "$CHILD" ] || kill -USR1 "$CHILD" 2>/dev/null' USR1
 WATCHDOG=
 if [ {timeout} -gt 0 ]; then
     (
-        sleep {warn_after} || exit 0
+        # Its sleep ends with it: a TERM from the launcher at the script's end leaves no
+        # sleeping process of the run for the sweep to find.
+        NAP=
+        trap '[ -z "$NAP" ] || kill "$NAP" 2>/dev/null; exit 0' TERM
+        nap() { sleep "$1" & NAP=$!; wait "$NAP"; }
+        nap {warn_after} || exit 0
         if [ {signal_before} -gt 0 ]; then
             kill -USR1 "$LAUNCHER" 2>/dev/null
-            sleep {signal_before} || exit 0
+            nap {signal_before} || exit 0
         fi
         put timed_out "$(now)"
         exec setsid env -u DROPRUN_RUN_ID sh -c "$SWEEP"'
