@@ -166,8 +166,21 @@ def _git(bin_dir: Path, share: Path, *args: str) -> subprocess.CompletedProcess[
     )
 
 
+def in_git_tree(bin_dir: Path, share: Path) -> bool:
+    """Return True if ``bin_dir`` or a folder above it, up to ``share``, has a ``.git``
+    (where git would look; the share is its ceiling). A few stats instead of a git start."""
+    for folder in (bin_dir, *bin_dir.parents):
+        if os.path.lexists(folder / ".git"):
+            return True
+        if folder == share or not folder.is_relative_to(share):
+            return False
+    return False
+
+
 def git_state(bin_dir: Path, share: Path) -> GitState:
     """Return ``bin_dir``'s commit and dirtiness (never raises)."""
+    if not in_git_tree(bin_dir, share):
+        return GitState(None, None, "bin/ is not in a git work tree with a commit\n")
     try:
         head = _git(bin_dir, share, "rev-parse", "--verify", "-q", "HEAD")
         if head.returncode != 0:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent import runinfo
+from agent.envcapture import in_git_tree
 
 from shares import TRAIN, drop, info, make_project, run_once, write_config, write_ssh_config
 from testbed import SshServer, TestUser, make_tempdir, remove_tree, require_tool, running_sshd
@@ -222,3 +223,13 @@ def test_package_lists_are_taken_again_only_when_the_packages_change(tmp_path: P
     assert "newpkg==1.0" in lists[1] and lists[2] == lists[1]
     sums = {info(project, n).environment["packages_sha256"] for n in (1, 2)}  # type: ignore[index]
     assert len(sums) == 1
+
+
+def test_git_is_started_only_where_a_git_folder_is_in_reach(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    bin_dir = share / "proj" / "bin"
+    bin_dir.mkdir(parents=True)
+    (tmp_path / ".git").mkdir()  # above the share: out of git's reach (the ceiling)
+    assert not in_git_tree(bin_dir, share)
+    (share / "proj" / ".git").write_text("gitdir: elsewhere\n")  # a worktree's .git file
+    assert in_git_tree(bin_dir, share)
