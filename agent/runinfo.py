@@ -168,8 +168,8 @@ class RunInfo:
             self.reason = reason
         self.history.append({"state": state, "at": now_iso()})
 
-    def to_toml(self) -> str:
-        """Return the TOML text of this run.info, ``format`` first."""
+    def to_data(self) -> dict[str, Any]:
+        """Return the values of this run.info as TOML would read them, ``format`` first."""
         data: dict[str, Any] = {"format": FORMAT}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -178,7 +178,11 @@ class RunInfo:
         for name in ("effective", "notify", "history"):
             if getattr(self, name):
                 data[name] = getattr(self, name)
-        text = tomlwrite.dumps(data)
+        return data
+
+    def to_toml(self) -> str:
+        """Return the TOML text of this run.info, ``format`` first."""
+        text = tomlwrite.dumps(self.to_data())
         if text is not None:
             return text
         import tomlkit  # only for values tomlwrite does not write: not worth every import
@@ -318,8 +322,13 @@ def save(path: Path, info: RunInfo) -> None:
 
     Raises RunInfoError if the text would not read back, OSError if it cannot be written.
     """
-    text = info.to_toml()
-    RunInfo.from_toml(text, str(path))
+    data = info.to_data()
+    text = tomlwrite.dumps(data)  # read back as ``data`` (checked there), or None
+    if text is not None:
+        RunInfo.from_dict(data, str(path))
+    else:
+        text = info.to_toml()
+        RunInfo.from_toml(text, str(path))
     # The rename itself is not flushed: after a power cut a run may find its previous
     # state, and every state resumes (each step is redone from where run.info says).
     atomic_write(path, text.encode("utf-8"), "data")
