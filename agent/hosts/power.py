@@ -14,6 +14,10 @@ from agent.schema import HostConfig
 
 log = logging.getLogger(__name__)
 
+# A host that answered a command this recently is taken as up without asking again: in a
+# burst of short runs every start would otherwise pay a round trip (a process, locally).
+ANSWER_HOLDS = 1.0  # s
+
 
 class PowerControl:
     """The power half of :class:`agent.hosts.shell.ShellHost` (a base class of it): uses
@@ -29,6 +33,7 @@ class PowerControl:
         self._power_lock = threading.Lock()
         self._powered_off = False
         self._last_idle = 0.0
+        self._answered_at: float | None = None  # monotonic time of the last answer
 
     if TYPE_CHECKING:  # ShellHost's: one helper verb run through the transport
 
@@ -40,12 +45,20 @@ class PowerControl:
         """Return False if the agent powered the host off or it last did not answer."""
         return not self._asleep
 
+    def answered(self) -> None:
+        """Note that the host has just run a command successfully."""
+        self._answered_at = time.monotonic()
+
     def reachable(self) -> bool:
-        """Return True if the host runs a trivial command now, False if it does not answer.
+        """Return True if the host runs a trivial command now (or ran one within the last
+        ``ANSWER_HOLDS`` s and is not known to be asleep), False if it does not answer.
 
         Raises HostKeyError and other permanent HostErrors (a refused login): waiting
         would not help, so they must not look like a server that is still asleep.
         """
+        last = self._answered_at
+        if not self._asleep and last is not None and time.monotonic() - last < ANSWER_HOLDS:
+            return True
         try:
             ok = self.transport.run(["true"], timeout=15.0).exit_code == 0
         except HostError as exc:
@@ -57,6 +70,8 @@ class PowerControl:
             if not ok:
                 self._last_no_answer = "`true` failed on the host"
         self._asleep = not ok
+        if ok:
+            self.answered()
         return ok
 
     def wake(self) -> None:

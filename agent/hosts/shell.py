@@ -131,6 +131,7 @@ class ShellHost(PowerControl):
                 f"{self.name}: {verb} failed (exit {result.exit_code}): {err}",
                 transient=result.exit_code == 255,
             )
+        self.answered()
         return result
 
     def gpu_names(self, devices: str | None = None) -> list[str] | None:
