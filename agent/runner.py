@@ -260,6 +260,10 @@ class RunDriver(RunRecord):
                 ):
                     self.started(status.start_epoch or int(self.ctx.clock()))
                 self.pull_log((offset, chunk))
+                if status.state == "exited" and len(chunk) < LOG_CHUNK:
+                    # The launcher records the exit only after every process of the run
+                    # ended, and the log was read after that: nothing is left to stop.
+                    self.ended = status
                 if status.state in ("exited", "vanished"):
                     break
                 if self.cancel_requested():
@@ -327,13 +331,16 @@ class RunDriver(RunRecord):
         # Also after a normal exit: background jobs the script left in its process group
         # must not outlive the run dir, which is removed below. The status is the one
         # after that (a run reattached after a kill during finishing has ended by then).
-        offset = self.log_offset()
-        grace = self.ctx.config.kill_grace
         status: ProcStatus
-        status, chunk = self.retry(
-            lambda: self.host.stop(self.ref, grace, offset, LOG_CHUNK), "kill"
-        )
-        self.retry(lambda: self.pull_log((offset, chunk)), "log pull", wait_for_space=True)
+        if self.ended is not None:  # seen exited by this driver, the log read to its end
+            status = self.ended
+        else:
+            offset = self.log_offset()
+            grace = self.ctx.config.kill_grace
+            status, chunk = self.retry(
+                lambda: self.host.stop(self.ref, grace, offset, LOG_CHUNK), "kill"
+            )
+            self.retry(lambda: self.pull_log((offset, chunk)), "log pull", wait_for_space=True)
         with self.saved_once():  # the mirror's figures and the outcome, in one save
             for _ in range(3):
                 if not self.retry(

@@ -16,7 +16,7 @@ from typing import Any
 from agent import reuse, runinfo
 from agent.context import RunContext
 from agent.fsutil import read_plain
-from agent.hosts.base import HostError, RunRef
+from agent.hosts.base import HostError, ProcStatus, RunRef
 from agent.names import CANCEL_NAMES, SYNC_NAMES
 from agent.runinfo import RunInfo
 from agent.schema import RunSettings
@@ -70,6 +70,9 @@ class RunRecord:
         self.uploaded_signature: str | None = None  # of bin/ as uploaded by this driver
         self.reason_before_full: str | None = None
         self.sync_seen: tuple[tuple[str, int, int], ...] = ()  # the sync files handled
+        # The host's last word on an ended run whose log was then read to its end: the final
+        # step need not ask again (None: it must, e.g. after a restart in ``finishing``).
+        self.ended: ProcStatus | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
 

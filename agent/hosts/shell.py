@@ -91,7 +91,8 @@ class ShellHost(PowerControl):
         self._env = EnvCache()
         self._gpu_names: dict[str, list[str] | None] = {}
         self._made_parents: set[str] = set()  # caches' parents known to exist
-        self._stopped: set[str] = set()  # run ids this host stopped: none of their processes left
+        # Run ids with none of their processes left: stopped by this host, or seen exited.
+        self._stopped: set[str] = set()
 
     # -- paths -------------------------------------------------------------------------
 
@@ -278,9 +279,12 @@ class ShellHost(PowerControl):
             status = self.status(ref)
             return status, b"" if status.state == "pending" else self.read_log(ref, offset, limit)
         run_dir = self.remote_dir(ref)
-        return parse_polled(
+        polled = parse_polled(
             self._helper("poll", run_dir, ref.run_id, str(offset), str(limit)).stdout
         )
+        if polled[0].state == "exited":  # the launcher ended every process before that
+            self._stopped.add(ref.run_id)
+        return polled
 
     def stop(
         self, ref: RunRef, grace: float, offset: int, limit: int = 1 << 20
