@@ -318,12 +318,13 @@ def load(path: Path, *, summary: bool = False) -> RunInfo:
 
 
 def save(path: Path, info: RunInfo) -> None:
-    """Check ``info`` round-trips through TOML, then replace ``path`` atomically.
+    """Check ``info`` is a valid run.info, then replace ``path`` atomically.
 
-    Raises RunInfoError if the text would not read back, OSError if it cannot be written.
+    Raises RunInfoError if it is not (or its text would not read back), OSError if it
+    cannot be written.
     """
     data = info.to_data()
-    text = tomlwrite.dumps(data)  # read back as ``data`` (checked there), or None
+    text = tomlwrite.dumps(data)  # reads back as ``data`` (a property test), or None
     if text is not None:
         RunInfo.from_dict(data, str(path))
     else:
