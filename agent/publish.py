@@ -4,8 +4,9 @@ the share current, and tells the notifier what happened to each run.
 It is told of changes through ``RunContext.on_change`` (a queue put, so a run's driver never
 waits for it). It reads every run.info once at start (:class:`agent.index.ShareIndex`),
 then only the run that changed, so one state change costs the same on a share of ten runs
-as of ten thousand: that run's page, its project's page and ``droprun.html`` are made
-again, at most once every ``MIN_INTERVAL`` s, and a page is written (atomically) only if its
+as of ten thousand: that run is read again, and its page, its project's page and
+``droprun.html`` are made again, at most once every ``MIN_INTERVAL`` s (a run that changed
+state five times in between is read once), and a page is written (atomically) only if its
 text changed. The billing file of a month is written in the same rounds, once per round
 however many of its runs ended. Every ``LOOK_EVERY`` s it looks at the logs of running
 runs, so their pages follow the log and a stalled run is noticed. A failure here is logged
@@ -51,6 +52,7 @@ class Publisher:
         self.dirty_projects: set[str] = set()
         self.dirty_root = False
         self.dirty_months: set[str] = set()  # billing files to write (months of ended runs)
+        self.changes: dict[Path, None] = {}  # told of, not read yet (in order, each once)
         self.log_sizes: dict[Path, int] = {}
         self.bills: dict[Path, tuple[RunSummary, billing.BillLine | None, str]] = {}
         self.backfill: list[Path] = []  # ended runs without a page (filed before pages were)
@@ -86,9 +88,7 @@ class Publisher:
             wake = min(next_look, next_round) if pending else next_look
             paths = self.wait(max(0.0, wake - time.monotonic()))
             stopping = None in paths
-            for path in paths:
-                if path is not None:
-                    self.guarded(f"follow {path}", self.note, path)
+            self.changes.update((path, None) for path in paths if path is not None)
             now = time.monotonic()
             if now >= next_look or stopping:
                 self.guarded("look at the logs", self.look_at_logs)
@@ -97,6 +97,9 @@ class Publisher:
                 self.guarded("look at the projects", self.rescan)
                 next_rescan = now + RESCAN_EVERY
             if self.pending() and (stopping or now >= next_round):
+                changes, self.changes = self.changes, {}
+                for path in changes:
+                    self.guarded(f"follow {path}", self.note, path)
                 months, self.dirty_months = self.dirty_months, set()
                 if months:  # in rounds too: a burst of ended runs rewrites each month once
                     self.guarded("write the bills", self.write_bills, sorted(months))
@@ -108,7 +111,8 @@ class Publisher:
     def pending(self) -> bool:
         """True if some page is to be written."""
         return bool(
-            self.dirty_root
+            self.changes
+            or self.dirty_root
             or self.dirty_projects
             or self.dirty_runs
             or self.dirty_months
