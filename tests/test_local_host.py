@@ -8,15 +8,18 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.hosts import power
 from agent.hosts.base import LaunchSpec, ProcStatus, RunRef
 from agent.hosts.kinds import HostEnv, open_host
 from agent.hosts.local import LocalTransport
 from agent.hosts.shell import ShellHost
+from agent.hosts.transport import CommandResult
 from agent.outputs import mirror
 from agent.runinfo import new_run_id
 from agent.schema import HostConfig
@@ -111,6 +114,28 @@ def test_open_host_and_layout(tmp_path: Path) -> None:
     assert local.reachable()
     assert local.remote_dir(ref_of("my proj", 4)) == os.path.expanduser("~/dr/my proj/run_4")
     local.close()
+
+
+def test_an_answer_holds_until_the_agent_powers_the_host_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(power, "ANSWER_HOLDS", 3600.0)  # no clock in a test: "just" is now
+    asked: list[str] = []
+
+    class Recording(LocalTransport):
+        def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+            asked.append(argv[4] if list(argv[:2]) == ["sh", "-c"] else argv[0])
+            return super().run(argv, **kwargs)
+
+    config = HostConfig(
+        name="local", remote_root=str(tmp_path / "r"), shutdown_after=5, shutdown_command="true"
+    )
+    host = ShellHost(config, Recording())
+    assert host.reachable() and host.reachable()
+    assert asked == ["true"]
+    host.idle_for(10.0)  # the agent powers it off ("true" here): now it is asked again
+    assert host.reachable()
+    assert asked == ["true", "power", "true"]
 
 
 def test_upload_is_a_delta_into_the_cache(host: ShellHost, tmp_path: Path) -> None:

@@ -157,3 +157,32 @@ def test_setup_conda_env_and_args_are_data(tmp_path):
         assert f"[{word}]" in log
     assert "SETUP=yes" in log
     assert info(project).name == "$(reboot)"
+
+
+def test_short_runs_ask_the_host_once_per_step(tmp_path, monkeypatch):
+    """A run that is seen exited is not stopped again, and a host that has just answered is
+    not asked whether it is up: two short runs in a row, one ``true``, no ``stop``."""
+    from agent.hosts import power
+    from agent.hosts.local import LocalTransport
+
+    verbs: list[str] = []
+    real_run = LocalTransport.run
+
+    def recording_run(self, argv, **kwargs):
+        verbs.append(argv[4] if list(argv[:2]) == ["sh", "-c"] else argv[0])
+        return real_run(self, argv, **kwargs)
+
+    monkeypatch.setattr(LocalTransport, "run", recording_run)
+    monkeypatch.setattr(power, "ANSWER_HOLDS", 3600.0)  # no clock in a test: "just" is now
+    config = write_config(tmp_path)  # one slot: the runs go one after the other
+    project = make_project(tmp_path / "share", "proj", {"run.sh": TRAIN})
+    drop(project, 'name = "one"\n', "one.request")
+    drop(project, 'name = "two"\n', "two.request")
+    run_once(config)
+    for run in (0, 1):
+        assert info(project, run).state == runinfo.SUCCEEDED
+        log = (project / "results" / f"run_{run}" / "log.log").read_text()
+        assert log.endswith("epoch 3\n")
+    assert verbs.count("true") == 1  # the first run's: nothing had answered yet
+    assert "stop" not in verbs and "kill" not in verbs
+    assert verbs.count("launch") == 2 and verbs.count("cleanup") == 2
