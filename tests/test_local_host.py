@@ -18,6 +18,7 @@ from agent.hosts import power
 from agent.hosts.base import LaunchSpec, ProcStatus, RunRef
 from agent.hosts.kinds import HostEnv, open_host
 from agent.hosts.local import LocalTransport
+from agent.hosts.session import Session
 from agent.hosts.shell import ShellHost
 from agent.hosts.transport import CommandResult
 from agent.outputs import mirror
@@ -126,6 +127,14 @@ def test_an_answer_holds_until_the_agent_powers_the_host_off(
         def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
             asked.append(argv[4] if list(argv[:2]) == ["sh", "-c"] else argv[0])
             return super().run(argv, **kwargs)
+
+    real_call = Session.call
+
+    def recording_call(self: Session, words: Sequence[str], timeout: float) -> CommandResult:
+        asked.append(words[0])
+        return real_call(self, words, timeout)
+
+    monkeypatch.setattr(Session, "call", recording_call)
 
     config = HostConfig(
         name="local", remote_root=str(tmp_path / "r"), shutdown_after=5, shutdown_command="true"

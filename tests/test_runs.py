@@ -164,15 +164,21 @@ def test_short_runs_ask_the_host_once_per_step(tmp_path, monkeypatch):
     not asked whether it is up: two short runs in a row, one ``true``, no ``stop``."""
     from agent.hosts import power
     from agent.hosts.local import LocalTransport
+    from agent.hosts.session import Session
 
-    verbs: list[str] = []
-    real_run = LocalTransport.run
+    verbs: list[str] = []  # helper verbs (per call or in a session) and plain commands
+    real_run, real_call = LocalTransport.run, Session.call
 
     def recording_run(self, argv, **kwargs):
         verbs.append(argv[4] if list(argv[:2]) == ["sh", "-c"] else argv[0])
         return real_run(self, argv, **kwargs)
 
+    def recording_call(self, words, timeout):
+        verbs.append(words[0])
+        return real_call(self, words, timeout)
+
     monkeypatch.setattr(LocalTransport, "run", recording_run)
+    monkeypatch.setattr(Session, "call", recording_call)
     monkeypatch.setattr(power, "ANSWER_HOLDS", 3600.0)  # no clock in a test: "just" is now
     config = write_config(tmp_path)  # one slot: the runs go one after the other
     project = make_project(tmp_path / "share", "proj", {"run.sh": TRAIN})

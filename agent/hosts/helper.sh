@@ -1,8 +1,9 @@
 # droprun helper: passed inline on every call as
 #   sh -c "$HELPER" droprun-helper VERB ARGS...
-# so nothing is installed on a server and versions never skew. Every argument is a
-# separate word; nothing here evaluates an argument as shell code except `power`, whose
-# command comes from the agent's own config. POSIX sh and the utilities that both GNU and
+# or once per session as `sh -c "$HELPER" droprun-helper serve` (see do_serve), so nothing
+# is installed on a server and versions never skew. Every argument is a separate word;
+# nothing here evaluates an argument as shell code except `power`, whose command comes from
+# the agent's own config, and `serve`, which evaluates only the agent's quoted words. POSIX sh and the utilities that both GNU and
 # BusyBox userlands have (so the built-in local host also runs on a NAS's own firmware).
 # procs.sh (run_pids, run_alive, sweep) is pasted in front of this text.
 #
@@ -469,27 +470,50 @@ for p in sys.path:
     return 0
 }
 
-VERB=${1:-}
-[ $# -gt 0 ] && shift
-case "$VERB" in
-    prepare) need_args 3 $#; do_prepare "$1" "$2" "$3" ;;
-    write) need_args 1 $#; do_write "$1" ;;
-    launch) need_args 2 $#; do_launch "$1" "$2" ;;
-    status) need_args 2 $#; do_status "$1" "$2" ;;
-    log) need_args 4 $#; do_log "$1" "$2" "$3" "$4" ;;
-    poll) need_args 4 $#; do_poll "$1" "$2" "$3" "$4" ;;
-    stop) need_args 5 $#; do_stop "$1" "$2" "$3" "$4" "$5" ;;
-    list) need_args 3 $#; do_list "$1" "$2" "$3" "${4:-}" ;;
-    mkdir) need_args 1 $#; mkdir -p -- "$1" ;;
-    kill) need_args 3 $#; do_kill "$1" "$2" "$3" ;;
-    cleanup) need_args 2 $#; do_cleanup "$1" "$2" ;;
-    orphans) need_args 1 $#; do_orphans "$1" ;;
-    gpus) do_gpus "${1:-}" ;;
-    envinfo) need_args 5 $#; do_envinfo "$@" ;;
-    envstamp) do_envstamp "$@" ;;
-    home) printf '%s\n' "$HOME" ;;
-    power) need_args 1 $#; sh -c "$1" ;;
-    *)  # a kind's own verbs (verb_NAME), pasted in front of this text by its host class
-        command -v "verb_$VERB" >/dev/null 2>&1 || die 2 "unknown verb: $VERB"
-        "verb_$VERB" "$@" ;;
-esac
+do_serve() {  # serve: run verbs until stdin ends. The first line is the marker; then
+    # one verb per line, as the agent's shell-quoted words (a newline in a word written as
+    # "$NL"). Each verb runs in a subshell, its stdin empty, its stdout passed on; then
+    # "\nMARK STATUS\n", the verb's stderr if it failed, and "\nMARK.\n". A session saves
+    # a start of sh and a parse of this text per verb, and over ssh a channel.
+    IFS= read -r sv_mark || return 0
+    sv_err="${TMPDIR:-/tmp}/droprun-helper-err.$$"
+    trap 'rm -f -- "$sv_err"' EXIT
+    : 2>/dev/null >"$sv_err" || sv_err=/dev/null
+    while IFS= read -r sv_line; do
+        eval "set -- $sv_line"
+        (dispatch "$@") </dev/null 2>"$sv_err" && sv_st=0 || sv_st=$?
+        printf '\n%s %s\n' "$sv_mark" "$sv_st"
+        [ "$sv_st" -eq 0 ] || cat -- "$sv_err" 2>/dev/null
+        printf '\n%s.\n' "$sv_mark"
+    done
+}
+
+dispatch() {  # dispatch VERB ARGS...: run one verb
+    VERB=${1:-}
+    [ $# -gt 0 ] && shift
+    case "$VERB" in
+        prepare) need_args 3 $#; do_prepare "$1" "$2" "$3" ;;
+        write) need_args 1 $#; do_write "$1" ;;
+        launch) need_args 2 $#; do_launch "$1" "$2" ;;
+        status) need_args 2 $#; do_status "$1" "$2" ;;
+        log) need_args 4 $#; do_log "$1" "$2" "$3" "$4" ;;
+        poll) need_args 4 $#; do_poll "$1" "$2" "$3" "$4" ;;
+        stop) need_args 5 $#; do_stop "$1" "$2" "$3" "$4" "$5" ;;
+        list) need_args 3 $#; do_list "$1" "$2" "$3" "${4:-}" ;;
+        mkdir) need_args 1 $#; mkdir -p -- "$1" ;;
+        kill) need_args 3 $#; do_kill "$1" "$2" "$3" ;;
+        cleanup) need_args 2 $#; do_cleanup "$1" "$2" ;;
+        orphans) need_args 1 $#; do_orphans "$1" ;;
+        gpus) do_gpus "${1:-}" ;;
+        envinfo) need_args 5 $#; do_envinfo "$@" ;;
+        envstamp) do_envstamp "$@" ;;
+        home) printf '%s\n' "$HOME" ;;
+        power) need_args 1 $#; sh -c "$1" ;;
+        serve) do_serve ;;
+        *)  # a kind's own verbs (verb_NAME), pasted in front of this text by its host class
+            command -v "verb_$VERB" >/dev/null 2>&1 || die 2 "unknown verb: $VERB"
+            "verb_$VERB" "$@" ;;
+    esac
+}
+
+dispatch "$@"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import selectors
+import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -32,6 +35,20 @@ class LocalTransport:
             raise HostError(f"cannot run {argv[0]}: {exc}") from exc
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
+    def start(self, argv: Sequence[str]) -> LocalStream:
+        """Start ``argv`` here with pipes for stdin and stdout; raise HostError if it cannot."""
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # so that its children can be ended with it
+            )
+        except OSError as exc:
+            raise HostError(f"cannot run {argv[0]}: {exc}") from exc
+        return LocalStream(proc)
+
     def rsync_target(self, path: str) -> str:
         """Return ``path``: rsync reaches local paths directly."""
         return path
@@ -46,3 +63,42 @@ class LocalTransport:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class LocalStream:
+    """:class:`agent.hosts.transport.Stream` of a local process (stopped by its pid)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self._proc = proc
+        self._stdin = proc.stdin
+        self._out = proc.stdout.fileno()
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the process; raise HostError (transient) if it is gone."""
+        try:
+            self._stdin.write(data)
+            self._stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise HostError(f"the helper session ended: {exc}", transient=True) from exc
+
+    def recv(self, timeout: float) -> bytes:
+        """Return what the process wrote next (b"" at its end), waiting up to ``timeout`` s."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._out, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                raise HostError(f"no answer within {timeout:g} s", transient=True)
+        return os.read(self._out, 1 << 16)
+
+    def close(self) -> None:
+        """Close its stdin (it ends at EOF); if it has not ended a moment later (a verb
+        still running), kill it and what it started in its session."""
+        with contextlib.suppress(BrokenPipeError):  # gone already: nothing unsent matters
+            self._stdin.close()
+        try:
+            self._proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()

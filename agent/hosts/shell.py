@@ -33,6 +33,7 @@ from agent.hosts.helperout import parse_launched, parse_orphans, parse_polled, p
 from agent.hosts.launcher import CONDA_SH_PLACES, make_launcher, procs_text
 from agent.hosts.mirror import Listing, parse_listing
 from agent.hosts.power import PowerControl
+from agent.hosts.session import SessionPool
 from agent.hosts.sync import (
     LocalRsync,
     RsyncStats,
@@ -44,7 +45,7 @@ from agent.hosts.sync import (
     parse_version,
     run_rsync,
 )
-from agent.hosts.transport import CommandResult, Transport
+from agent.hosts.transport import CommandResult, Stream, Transport
 from agent.schema import HostConfig
 from agent.valuetypes import under_home
 
@@ -82,6 +83,7 @@ class ShellHost(PowerControl):
             + importlib.resources.files("agent.hosts").joinpath("helper.sh").read_text()
         )
         super().__init__()
+        self._sessions = SessionPool(self._start_session, self.name)
         self._root: str | None = None
         self._locks_lock = threading.Lock()
         self._cache_locks: dict[str, threading.Lock] = {}
@@ -120,17 +122,27 @@ class ShellHost(PowerControl):
 
     # -- the helper ----------------------------------------------------------------------
 
+    def _start_session(self) -> Stream:
+        """Start a helper session on the host (``serve``; a kind may extend the text)."""
+        return self.transport.start(["sh", "-c", self._helper_text, "droprun-helper", "serve"])
+
     def _helper(
         self, verb: str, *args: str, stdin: bytes | None = None, timeout: float | None = None
     ) -> CommandResult:
-        """Run one helper verb; return its result, raise HostError if it failed."""
-        argv = ["sh", "-c", self._helper_text, "droprun-helper", verb, *args]
-        result = self.transport.run(argv, stdin=stdin, timeout=timeout or self.command_timeout)
+        """Run one helper verb (in a session, unless it reads ``stdin``); return its
+        result, raise HostError if it failed."""
+        timeout = timeout or self.command_timeout
+        if stdin is None:
+            result = self._sessions.call([verb, *args], timeout)
+            lost = False  # a verb's own status: the session's failures raise above
+        else:
+            argv = ["sh", "-c", self._helper_text, "droprun-helper", verb, *args]
+            result = self.transport.run(argv, stdin=stdin, timeout=timeout)
+            lost = result.exit_code == 255  # ssh's own: the connection failed
         if result.exit_code != 0:
             err = result.stderr.decode(errors="replace").strip()
             raise HostError(
-                f"{self.name}: {verb} failed (exit {result.exit_code}): {err}",
-                transient=result.exit_code == 255,
+                f"{self.name}: {verb} failed (exit {result.exit_code}): {err}", transient=lost
             )
         self.answered()
         return result
@@ -340,7 +352,8 @@ class ShellHost(PowerControl):
         self._stopped.discard(ref.run_id)
 
     def close(self) -> None:
-        """Release the transport's connections."""
+        """End the helper sessions and release the transport's connections."""
+        self._sessions.close()
         self.transport.close()
 
     # -- mirroring -----------------------------------------------------------------------

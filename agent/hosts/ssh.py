@@ -119,6 +119,22 @@ class SshTransport:
         finally:
             channel.close()
 
+    def start(self, argv: Sequence[str]) -> SshStream:
+        """Start ``argv`` on the host in a channel of the shared connection; return its
+        stdin and stdout. Raises HostKeyError or HostError like :meth:`run`."""
+        try:
+            command = make_remote_command(argv)
+        except ValueError as e:
+            raise HostError(f"{self._label}: cannot send this command: {e}") from e
+        client, channel = self._open_channel(time.monotonic() + self._connect_timeout)
+        try:
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as e:
+            channel.close()
+            self._drop(client)
+            raise HostError(f"{self._label}: cannot start {argv[0]}: {e}", transient=True) from e
+        return SshStream(channel, self._label)
+
     def rsync_target(self, path: str) -> str:
         """Return ``user@address:path`` for rsync (IPv6 addresses bracketed)."""
         return make_rsync_target(self.config, path)
@@ -313,6 +329,39 @@ class SshTransport:
         # A writer error with the connection alive means the command exited without reading
         # all its stdin (like EPIPE locally): its exit status says what happened.
         return CommandResult(channel.recv_exit_status(), bytes(out), bytes(err))
+
+
+class SshStream:
+    """:class:`agent.hosts.transport.Stream` of a command in one ssh channel (its stderr,
+    which paramiko buffers, is dropped as it comes)."""
+
+    def __init__(self, channel: paramiko.Channel, label: str) -> None:
+        self._channel = channel
+        self._label = label
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the command; raise HostError (transient) if the channel failed."""
+        try:
+            self._channel.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise HostError(f"{self._label}: the helper session ended: {e}", transient=True) from e
+
+    def recv(self, timeout: float) -> bytes:
+        """Return the command's next output (b"" at its end), waiting up to ``timeout`` s."""
+        channel = self._channel
+        while channel.recv_stderr_ready():
+            channel.recv_stderr(READ_SIZE)
+        channel.settimeout(timeout)
+        try:
+            return channel.recv(READ_SIZE)
+        except TimeoutError as e:
+            raise HostError(f"{self._label}: no answer within {timeout:g} s", transient=True) from e
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise HostError(f"{self._label}: the helper session failed: {e}", transient=True) from e
+
+    def close(self) -> None:
+        """Close the channel: the server ends the command (its stdin and session go)."""
+        self._channel.close()
 
 
 def _feed(channel: paramiko.Channel, data: bytes, errors: list[Exception]) -> None:

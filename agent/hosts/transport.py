@@ -20,6 +20,24 @@ class CommandResult:
     stderr: bytes
 
 
+class Stream(Protocol):
+    """The stdin and stdout of a command that keeps running on a host (its stderr is
+    dropped): what a helper session talks through."""
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the command's stdin; raise HostError (transient) if it is gone."""
+        ...
+
+    def recv(self, timeout: float) -> bytes:
+        """Return the next bytes of its stdout, waiting up to ``timeout`` s; b"" once it
+        ended. Raises HostError (transient) if nothing came in time or the link failed."""
+        ...
+
+    def close(self) -> None:
+        """End the command (closing its stdin, killing it if it does not end at once)."""
+        ...
+
+
 class Transport(Protocol):
     """Runs commands on a host and tells rsync how to reach it."""
 
@@ -31,6 +49,11 @@ class Transport(Protocol):
         Returns the result whatever the exit code; raises HostError if the command could
         not be run at all or did not finish within ``timeout`` seconds.
         """
+        ...
+
+    def start(self, argv: Sequence[str]) -> Stream:
+        """Start ``argv`` on the host and return its stdin and stdout; raise HostError if
+        it cannot be started."""
         ...
 
     def rsync_target(self, path: str) -> str:
