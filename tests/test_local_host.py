@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.hosts import power
-from agent.hosts.base import LaunchSpec, ProcStatus, RunRef
+from agent.hosts.base import HostError, LaunchSpec, ProcStatus, RunRef
 from agent.hosts.kinds import HostEnv, open_host
 from agent.hosts.local import LocalTransport
 from agent.hosts.session import Session
@@ -145,6 +145,21 @@ def test_an_answer_holds_until_the_agent_powers_the_host_off(
     host.idle_for(10.0)  # the agent powers it off ("true" here): now it is asked again
     assert host.reachable()
     assert asked == ["true", "power", "true"]
+
+
+def test_a_host_without_rsync_is_told_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), LocalTransport())
+    host._local_rsync.version()  # the agent's own rsync, asked while PATH has it
+    only_sh = tmp_path / "only-sh"
+    only_sh.mkdir()
+    (only_sh / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
+    monkeypatch.setenv("PATH", str(only_sh))  # the host's helper session starts without it
+    with pytest.raises(HostError, match="local: rsync is not installed on the host") as info:
+        host.rsync_versions()
+    assert not info.value.transient
+    host.close()
 
 
 def test_upload_is_a_delta_into_the_cache(host: ShellHost, tmp_path: Path) -> None:

@@ -508,6 +508,7 @@ dispatch() {  # dispatch VERB ARGS...: run one verb
         envinfo) need_args 5 $#; do_envinfo "$@" ;;
         envstamp) do_envstamp "$@" ;;
         home) printf '%s\n' "$HOME" ;;
+        rsync-version) rsync --version ;;
         power) need_args 1 $#; sh -c "$1" ;;
         serve) do_serve ;;
         *)  # a kind's own verbs (verb_NAME), pasted in front of this text by its host class

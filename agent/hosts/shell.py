@@ -41,7 +41,6 @@ from agent.hosts.sync import (
     make_pull_argv,
     make_seed_argv,
     make_upload_argv,
-    make_version_argv,
     parse_version,
     run_rsync,
 )
@@ -202,8 +201,9 @@ class ShellHost(PowerControl):
             return RsyncVersions(local, self._remote_rsync)
 
     def _ask_remote_version(self) -> str:
-        """Run ``rsync --version`` on the host; return the version or raise HostError."""
-        result = self.transport.run(make_version_argv(), timeout=self.command_timeout)
+        """Run ``rsync --version`` on the host (in a helper session, which the upload's
+        next verbs reuse); return the version or raise HostError."""
+        result = self._sessions.call(["rsync-version"], self.command_timeout)
         out = result.stdout.decode(errors="replace")
         version = parse_version(out) if result.exit_code == 0 else None
         if version is None:
