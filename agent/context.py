@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.hosts.base import Host
 from agent.schema import AgentConfig
@@ -65,12 +66,18 @@ def _nobody_listens(_path: Path) -> None:
     """The default change listener: nothing is published."""
 
 
+def _nobody_reads(_path: Path, _data: Mapping[str, Any]) -> None:
+    """The default save listener: nothing is published."""
+
+
 @dataclass
 class RunContext:
     """What a run needs from the agent: config, hosts, a logger, the stop signal, a clock,
     and ``on_change``, told of every run.info the agent writes (a run folder) and every
     request it rejects (the project folder): the pages, bills and notices are made from
-    that. It must return at once (it only queues the path)."""
+    that. ``on_saved`` is told the same of a run.info that a run's driver saved, with the
+    data it wrote, so that they need not read it back. Both must return at once (they
+    only queue)."""
 
     config: AgentConfig
     hosts: Mapping[str, Host]
@@ -79,6 +86,7 @@ class RunContext:
     clock: Callable[[], float] = time.time
     wakeups: Wakeups = field(default_factory=Wakeups)
     on_change: Callable[[Path], None] = _nobody_listens
+    on_saved: Callable[[Path, Mapping[str, Any]], None] = _nobody_reads
 
     def request_stop(self) -> None:
         """Tell the agent and every driver to stop; safe to call from a signal handler."""

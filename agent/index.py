@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,12 +93,14 @@ def _device_count(value: Any) -> int | None:
     return len([d for d in value.split(",") if d.strip()])
 
 
-def recorded_gpus(values: dict[str, Any], text: str) -> int | None:
+def recorded_gpus(values: Mapping[str, Any], text: str | None) -> int | None:
     """Return the GPUs given to a run as run.info records them (pure).
 
     In order: ``gpus`` (a count, or a list of ids), the number of ``gpu_names``, the
     devices of a CUDA_VISIBLE_DEVICES recorded under ``[environment]`` or in the run's
-    ``env``; None if none of them is there.
+    ``env``; None if none of them is there. ``values`` holds at least the top-level
+    values; ``text`` is the file, parsed for its tables only if it names the variable
+    (None: ``values`` is the whole run.info).
     """
     gpus = values.get("gpus")
     count = _int(gpus)
@@ -109,9 +111,12 @@ def recorded_gpus(values: dict[str, Any], text: str) -> int | None:
     names = values.get("gpu_names")
     if isinstance(names, list) and names:
         return len(names)
-    if "CUDA_VISIBLE_DEVICES" not in text:
+    if text is None:
+        data = values
+    elif "CUDA_VISIBLE_DEVICES" not in text:
         return None
-    data = tomllib.loads(text)  # valid: head_values parsed it already
+    else:
+        data = tomllib.loads(text)  # valid: head_values parsed it already
     for table in (data.get("environment"), (data.get("effective") or {}).get("env")):
         if isinstance(table, dict) and "CUDA_VISIBLE_DEVICES" in table:
             return _device_count(table["CUDA_VISIBLE_DEVICES"])
@@ -127,6 +132,19 @@ def read_summary(run_dir: Path, project: str, number: int) -> RunSummary:
         gpus = recorded_gpus(values, text)
     except (runinfo.RunInfoError, tomllib.TOMLDecodeError) as exc:
         return RunSummary(project, number, run_dir, problem=str(exc))
+    return _summary(run_dir, project, number, values, gpus)
+
+
+def summary_of(run_dir: Path, data: Mapping[str, Any]) -> RunSummary:
+    """Return the summary of the run in ``run_dir`` whose run.info reads as ``data`` (as
+    the agent just wrote it: nothing is read, pure)."""
+    project, number = run_dir.parent.parent.name, int(run_dir.name.removeprefix("run_"))
+    return _summary(run_dir, project, number, data, recorded_gpus(data, None))
+
+
+def _summary(
+    run_dir: Path, project: str, number: int, values: Mapping[str, Any], gpus: int | None
+) -> RunSummary:
     return RunSummary(
         project=project,
         run=number,
@@ -189,15 +207,21 @@ class ShareIndex:
             index.rejections[project.name] = read_rejections(project)
         return index
 
-    def update(self, run_dir: Path) -> tuple[RunSummary | None, RunSummary | None]:
-        """Read one run again; return its summary before and now (None: not there)."""
+    def update(
+        self, run_dir: Path, data: Mapping[str, Any] | None = None
+    ) -> tuple[RunSummary | None, RunSummary | None]:
+        """Read one run again (or take ``data``, its run.info as just written); return its
+        summary before and now (None: not there)."""
         project, number = run_dir.parent.parent.name, int(run_dir.name.removeprefix("run_"))
         runs = self.projects.setdefault(project, {})
         old = runs.get(number)
         if not run_dir.is_dir():
             runs.pop(number, None)
             return old, None
-        new = read_summary(run_dir, project, number)
+        if data is not None:
+            new = summary_of(run_dir, data)
+        else:
+            new = read_summary(run_dir, project, number)
         runs[number] = new
         return old, new
 

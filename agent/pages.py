@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,15 +144,21 @@ def run_info_data(run_dir: Path) -> dict[str, Any]:
         raise runinfo.RunInfoError(f"{path}: not valid TOML ({exc})") from exc
 
 
-def run_page(summary: RunSummary, now: float) -> str:
-    """Return ``results/run_N/index.html``: the run's facts, settings, log, files, curve."""
+def run_page(summary: RunSummary, now: float, known: Mapping[str, Any] | None = None) -> str:
+    """Return ``results/run_N/index.html``: the run's facts, settings, log, files, curve.
+
+    ``known`` is its run.info as the agent just wrote it (None: read the file).
+    """
     run_dir = summary.run_dir
     title = f"{summary.project}/run_{summary.run}"
-    try:
-        data = run_info_data(run_dir)
-        problem = ""
-    except runinfo.RunInfoError as exc:
-        data, problem = {}, f'<p class="error">{e(exc)}</p>'
+    problem = ""
+    if known is not None:
+        data = known
+    else:
+        try:
+            data = run_info_data(run_dir)
+        except runinfo.RunInfoError as exc:
+            data, problem = {}, f'<p class="error">{e(exc)}</p>'
     facts = [
         (e(k), _value(v)) for k, v in data.items() if not isinstance(v, dict) and k != "history"
     ]

@@ -19,8 +19,9 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from agent import billing, layout
 from agent.context import RunContext
@@ -34,6 +35,7 @@ RESCAN_EVERY = 30.0  # s between two looks for new projects and changed rejected
 MAX_PAGE_READ = 64 << 20
 BACKFILL_PER_ROUND = 25  # pages of older runs that have none, written per round
 
+Event = tuple[Path, Mapping[str, Any] | None]
 Listener = Callable[[RunSummary | None, RunSummary | None], None]
 LogListener = Callable[[RunSummary, float], None]
 
@@ -45,14 +47,17 @@ class Publisher:
         self.ctx = ctx
         self.root = ctx.config.share
         self.clock = clock
-        self.events: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        # (path, its run.info as just written or None: read it), or None to stop
+        self.events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self.index = ShareIndex(self.root)
         self.digests: dict[Path, bytes] = {}  # page -> sha256 of the text last written
         self.dirty_runs: set[Path] = set()
         self.dirty_projects: set[str] = set()
         self.dirty_root = False
         self.dirty_months: set[str] = set()  # billing files to write (months of ended runs)
-        self.changes: dict[Path, None] = {}  # told of, not read yet (in order, each once)
+        # told of, not read yet (in order, each once), with the data last saved, if known
+        self.changes: dict[Path, Mapping[str, Any] | None] = {}
+        self.saved: dict[Path, Mapping[str, Any]] = {}  # run.info as saved, for its page
         self.log_sizes: dict[Path, int] = {}
         self.bills: dict[Path, tuple[RunSummary, billing.BillLine | None, str]] = {}
         self.backfill: list[Path] = []  # ended runs without a page (filed before pages were)
@@ -65,7 +70,12 @@ class Publisher:
     def changed(self, path: Path) -> None:
         """A run.info was written (``path``: the run folder) or a request rejected (the
         project folder). Returns at once."""
-        self.events.put(path)
+        self.events.put((path, None))
+
+    def run_saved(self, path: Path, data: Mapping[str, Any]) -> None:
+        """A run's driver saved its run.info (``path``: the run folder) as ``data``, which
+        must not change after. Returns at once."""
+        self.events.put((path, data))
 
     def start(self) -> None:
         """Start the thread (it reads the share's runs first)."""
@@ -86,9 +96,12 @@ class Publisher:
         while True:
             pending = self.pending()
             wake = min(next_look, next_round) if pending else next_look
-            paths = self.wait(max(0.0, wake - time.monotonic()))
-            stopping = None in paths
-            self.changes.update((path, None) for path in paths if path is not None)
+            events = self.wait(max(0.0, wake - time.monotonic()))
+            stopping = None in events
+            for event in events:
+                if event is not None:
+                    self.changes.pop(event[0], None)  # in the order of the last change
+                    self.changes[event[0]] = event[1]
             now = time.monotonic()
             if now >= next_look or stopping:
                 self.guarded("look at the logs", self.look_at_logs)
@@ -98,8 +111,8 @@ class Publisher:
                 next_rescan = now + RESCAN_EVERY
             if self.pending() and (stopping or now >= next_round):
                 changes, self.changes = self.changes, {}
-                for path in changes:
-                    self.guarded(f"follow {path}", self.note, path)
+                for path, data in changes.items():
+                    self.guarded(f"follow {path}", self.note, path, data)
                 months, self.dirty_months = self.dirty_months, set()
                 if months:  # in rounds too: a burst of ended runs rewrites each month once
                     self.guarded("write the bills", self.write_bills, sorted(months))
@@ -127,17 +140,17 @@ class Publisher:
         except Exception:
             self.ctx.log.exception("publishing: cannot %s", what)
 
-    def wait(self, timeout: float) -> list[Path | None]:
-        """Return the paths that arrive within ``timeout`` s (all that are queued by then)."""
+    def wait(self, timeout: float) -> list[Event | None]:
+        """Return the events that arrive within ``timeout`` s (all queued by then)."""
         try:
-            paths = [self.events.get(timeout=timeout)]
+            events = [self.events.get(timeout=timeout)]
         except queue.Empty:
             return []
         while True:
             try:
-                paths.append(self.events.get_nowait())
+                events.append(self.events.get_nowait())
             except queue.Empty:
-                return paths
+                return events
 
     def load(self) -> None:
         """Read every run, bring every month's billing file up to date, and mark the pages
@@ -157,14 +170,19 @@ class Publisher:
         if self.backfill:
             self.ctx.log.info("writing the pages of %d earlier runs", len(self.backfill))
 
-    def note(self, path: Path) -> None:
-        """Take one change: read the run (or the project's rejections) again."""
+    def note(self, path: Path, data: Mapping[str, Any] | None = None) -> None:
+        """Take one change: read the run (or the project's rejections) again, or take
+        ``data``, its run.info as its driver saved it."""
         if path.parent.name != "results":
             if self.index.update_rejections(path):
                 self.dirty_root = True
                 self.dirty_projects.add(path.name)
             return
-        before, now = self.index.update(path)
+        before, now = self.index.update(path, data)
+        if data is not None and now is not None:
+            self.saved[path] = data
+        else:
+            self.saved.pop(path, None)
         self.dirty_root = True
         self.dirty_projects.add(path.parent.parent.name)
         if now is not None:
@@ -241,7 +259,9 @@ class Publisher:
                 int(run_dir.name.removeprefix("run_"))
             )
             if summary is not None and run_dir.is_dir():
-                self.write(run_dir / PAGE_NAME, run_page(summary, now))
+                known = self.saved.pop(run_dir, None)
+                self.write(run_dir / PAGE_NAME, run_page(summary, now, known))
+        self.saved.clear()  # only for the round that took the change
         for project in sorted(projects):
             results = self.root / project / "results"
             if project in self.index.projects and results.is_dir():

@@ -169,15 +169,21 @@ class RunInfo:
         self.history.append({"state": state, "at": now_iso()})
 
     def to_data(self) -> dict[str, Any]:
-        """Return the values of this run.info as TOML would read them, ``format`` first."""
+        """Return the values of this run.info as TOML would read them, ``format`` first.
+
+        Safe to hand to another thread: ``history``, the one value changed in place
+        (:meth:`transition`), is a copy; the others are only ever replaced.
+        """
         data: dict[str, Any] = {"format": FORMAT}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None and f.name not in ("effective", "notify", "history"):
                 data[f.name] = value
-        for name in ("effective", "notify", "history"):
+        for name in ("effective", "notify"):
             if getattr(self, name):
                 data[name] = getattr(self, name)
+        if self.history:
+            data["history"] = list(self.history)
         return data
 
     def to_toml(self) -> str:
@@ -317,19 +323,23 @@ def load(path: Path, *, summary: bool = False) -> RunInfo:
     return RunInfo.from_toml(text, str(path))
 
 
-def save(path: Path, info: RunInfo) -> None:
+def save(path: Path, info: RunInfo) -> dict[str, Any] | None:
     """Check ``info`` is a valid run.info, then replace ``path`` atomically.
 
-    Raises RunInfoError if it is not (or its text would not read back), OSError if it
-    cannot be written.
+    Returns the data the file now reads back as, or None if it was written by tomlkit
+    (values the fast writer does not write: read it back to know). Raises RunInfoError if
+    it is not valid (or its text would not read back), OSError if it cannot be written.
     """
     data = info.to_data()
     text = tomlwrite.dumps(data)  # reads back as ``data`` (a property test), or None
+    written: dict[str, Any] | None = data
     if text is not None:
         RunInfo.from_dict(data, str(path))
     else:
         text = info.to_toml()
         RunInfo.from_toml(text, str(path))
+        written = None
     # The rename itself is not flushed: after a power cut a run may find its previous
     # state, and every state resumes (each step is redone from where run.info says).
     atomic_write(path, text.encode("utf-8"), "data")
+    return written

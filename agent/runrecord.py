@@ -115,9 +115,12 @@ class RunRecord:
                 "from its own record",
                 self.ref.label,
             )
-        runinfo.save(self.info_path, self.info)
+        data = runinfo.save(self.info_path, self.info)
         self.written = _peek(self.info_path)
-        self.ctx.on_change(self.run_dir)
+        if data is None:
+            self.ctx.on_change(self.run_dir)
+        else:
+            self.ctx.on_saved(self.run_dir, data)
 
     def move(self, state: str, reason: str | None = None) -> None:
         """Record a state change in run.info and the log."""

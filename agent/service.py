@@ -322,6 +322,7 @@ def serve(ctx: RunContext, *, once: bool) -> None:
         publisher.on_run.append(notifier.saw)
         publisher.on_log.append(notifier.log_seen)
         ctx.on_change = publisher.changed
+        ctx.on_saved = publisher.run_saved
         notifier.start()
         publisher.start()
         scheduler = Scheduler(ctx)

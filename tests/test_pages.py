@@ -177,3 +177,19 @@ def test_new_projects_and_removed_rejections_are_followed(tmp_path):
     publisher.rescan()
     publisher.write_pages()
     assert "no such key" not in (config.share / "droprun.html").read_text()
+
+
+def test_a_page_from_the_saved_data_is_the_page_from_the_file(share):
+    """The publisher takes a run.info as its driver saved it instead of reading it back:
+    the summary and the page are the same as from the file, for every run on the share."""
+    from agent.index import read_summary, summary_of
+    from agent.pages import run_page
+
+    runs = sorted(share.glob("*/results/run_*"))
+    assert len(runs) >= 4
+    for run_dir in runs:
+        data = runinfo.load(run_dir / "run.info").to_data()
+        project, number = run_dir.parent.parent.name, int(run_dir.name.removeprefix("run_"))
+        from_file = read_summary(run_dir, project, number)
+        assert summary_of(run_dir, data) == from_file
+        assert run_page(from_file, 1e9, data) == run_page(from_file, 1e9)
