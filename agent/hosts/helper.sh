@@ -5,7 +5,7 @@
 # nothing here evaluates an argument as shell code except `power`, whose command comes from
 # the agent's own config, and `serve`, which evaluates only the agent's quoted words. POSIX sh and the utilities that both GNU and
 # BusyBox userlands have (so the built-in local host also runs on a NAS's own firmware).
-# procs.sh (run_pids, run_alive, sweep) is pasted in front of this text.
+# procs.sh (run_pids, run_alive, run_going, sweep) is pasted in front of this text.
 #
 # A run dir belongs to exactly one run: its .droprun/run_id holds the run's id, and every
 # verb that acts on a run dir checks it, so a leftover of another run is never adopted.
@@ -141,7 +141,7 @@ do_status() {  # status RUNDIR ID: "STATE PID EXIT TIMED_OUT END START" ("-": un
     start=$got
     timed_out=0
     [ ! -f "$d/timed_out" ] || timed_out=1
-    if [ ! -f "$d/exit" ] && run_alive "$2" "$pid"; then
+    if [ ! -f "$d/exit" ] && run_going "$2" "$pid"; then
         echo "running ${pid:--} - $timed_out - ${start:--}"
     elif [ -f "$d/exit" ]; then  # checked again: the launcher may have just finished
         get "$d/end"
@@ -229,7 +229,7 @@ do_list() {  # list RUNDIR ID DIR [ended]: "NOW ALIVE\n", then list_files of DIR
     alive=0
     if [ "${4:-}" != ended ]; then
         read_pid "$1"
-        ! run_alive "$2" "$pid" || alive=1
+        ! run_going "$2" "$pid" || alive=1
     fi
     now=$(date +%s.%N)
     case $now in *N*) now=$(date +%s) ;; esac  # BusyBox date has no %N
@@ -252,7 +252,7 @@ do_kill() {  # kill RUNDIR ID GRACE: TERM every process of the run, KILL after G
     # a stuck launcher included, is killed.
     sweep "$2" "$pid" "$3" "$pid" || die 4 "processes of run $2 survived KILL"
     waited=0
-    while [ -n "$pid" ] && [ "$waited" -lt 50 ] && run_alive "$2" "$pid"; do
+    while [ -n "$pid" ] && [ "$waited" -lt 50 ] && run_going "$2" "$pid"; do
         pause
         waited=$((waited + 1))
     done
@@ -279,7 +279,7 @@ do_orphans() {  # orphans BASE: "PATH\0ID\0START\0KB\0ALIVE\0" for each run dir 
         okb=$(du -sk -- "$od" 2>/dev/null | cut -f1)
         oalive=0
         read_pid "$od"
-        [ -z "$oid" ] || ! run_alive "$oid" "$pid" || oalive=1
+        [ -z "$oid" ] || ! run_going "$oid" "$pid" || oalive=1
         printf '%s\0%s\0%s\0%s\0%s\0' "$od" "${oid:--}" "${ostart:--}" "${okb:-0}" "$oalive"
     done
 }

@@ -42,6 +42,11 @@ run_alive() {  # run_alive ID PGID: true if any process of the run is alive
     [ -n "$(run_pids "$1" "$2" "")" ]
 }
 
+run_going() {  # run_going ID PID: run_alive, asking the launcher PID first (one file
+    # read, where run_alive reads every process's environment twice)
+    { [ -n "$2" ] && grep -qsxzF "DROPRUN_RUN_ID=$1" "/proc/$2/environ"; } || run_alive "$1" "$2"
+}
+
 sweep() {  # sweep ID PGID GRACE KEEP: TERM every process of the run, KILL after GRACE s
     sw_pids=$(run_pids "$1" "$2" "$4")
     [ -n "$sw_pids" ] || return 0
