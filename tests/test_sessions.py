@@ -134,14 +134,18 @@ def test_a_verb_over_its_time_ends_its_session_and_the_next_gets_a_new_one(
     assert len(transport.streams) == 2
 
 
-def test_a_session_that_died_idle_is_replaced_unseen(counted: tuple[ShellHost, Counting]) -> None:
+def test_a_session_that_died_idle_is_replaced_and_said(
+    counted: tuple[ShellHost, Counting], caplog: pytest.LogCaptureFixture
+) -> None:
     host, transport = counted
     host._helper("home")
     pid = _pid(transport.streams[0])
     os.kill(pid, 9)
     transport.streams[0]._proc.wait()
-    assert host._helper("home").stdout.strip()  # no error: the verb went to a new session
+    with caplog.at_level("INFO"):
+        assert host._helper("home").stdout.strip()  # no error: the verb went to a new session
     assert len(transport.streams) == 2
+    assert "local: home: the helper session ended; retrying in a new session" in caplog.text
 
 
 def test_threads_each_get_their_own_answers(counted: tuple[ShellHost, Counting]) -> None:

@@ -9,6 +9,7 @@ whose stream broke, is closed and never reused.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shlex
 import threading
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 
 from agent.hosts.base import HostError
 from agent.hosts.transport import CommandResult, Stream
+
+log = logging.getLogger(__name__)
 
 KEEP_IDLE = 8  # sessions kept open per host for the next verbs
 
@@ -109,10 +112,10 @@ class SessionPool:
         if session is not None:
             try:
                 return session.call(words, timeout)
-            except SessionEnded:
+            except SessionEnded as exc:
                 # An idle session can die unseen (a dropped connection, a killed shell): the
                 # verb goes to a new one. Verbs are safe to repeat (each checks its run dir).
-                pass
+                log.info("%s; retrying in a new session", exc)
             finally:
                 self._put_back(session)
         session = Session(self._start(), self._label)
