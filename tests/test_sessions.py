@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.hosts import session
 from agent.hosts.base import HostError, RunRef
 from agent.hosts.local import LocalStream, LocalTransport
 from agent.hosts.session import make_line, parse_answer
@@ -189,3 +191,31 @@ def test_close_ends_every_session(tmp_path: Path) -> None:
     pids = [_pid(s) for s in transport.streams]
     host.close()
     assert pids and not any(_alive(pid) for pid in pids)
+
+
+def test_sessions_are_bounded_and_a_thread_waits_for_a_free_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "MAX_OPEN", 2)
+    transport = Counting()
+    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), transport)
+    release = tmp_path / "release"
+    busy = f"while [ ! -e {shlex.quote(str(release))} ]; do sleep 0.05; done"
+    holders = [threading.Thread(target=host._helper, args=("power", busy)) for _ in range(2)]
+    for t in holders:
+        t.start()
+    wait_for_streams = time.monotonic() + 30
+    while len(transport.streams) < 2:
+        assert time.monotonic() < wait_for_streams
+        time.sleep(0.02)
+    with pytest.raises(HostError, match="all 2 helper sessions stayed busy") as info:
+        host._helper("home", timeout=0.3)
+    assert info.value.transient
+    waiter = threading.Thread(target=host._helper, args=("home",))
+    waiter.start()  # waits for a free session ...
+    release.touch()  # ... which it gets once the holders' verbs end
+    for t in [*holders, waiter]:
+        t.join(timeout=30)
+        assert not t.is_alive()
+    assert len(transport.streams) == 2  # never more than two opened
+    host.close()

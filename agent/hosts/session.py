@@ -2,9 +2,12 @@
 
 Started once (``sh -c "$HELPER" droprun-helper serve``, see ``do_serve`` in helper.sh) and
 kept, a session saves every later verb a start of ``sh`` and a parse of the helper text,
-and over ssh a channel. A host keeps a few idle ones; a thread takes one for one verb, so
-verbs of several runs never share one. A session whose verb failed to answer in time, or
-whose stream broke, is closed and never reused.
+and over ssh a channel. A thread takes one for one verb, so verbs of several runs never
+share one. At most :data:`MAX_OPEN` are open per host, idle ones included: sshd allows ten
+channels per connection (``MaxSessions``), and the verbs that read stdin, ``true`` and
+Slurm's commands need some of them too. A thread that finds them all busy waits for one,
+within its verb's time. A session whose verb failed to answer in time, or whose stream
+broke, is closed and never reused.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from agent.hosts.transport import CommandResult, Stream
 
 log = logging.getLogger(__name__)
 
-KEEP_IDLE = 8  # sessions kept open per host for the next verbs
+MAX_OPEN = 6  # sessions open per host at most, busy or idle
 
 
 def make_line(words: Sequence[str]) -> bytes:
@@ -93,45 +96,57 @@ class Session:
 
 
 class SessionPool:
-    """The idle sessions of the host named ``label``; ``start`` opens a new one."""
+    """The sessions of the host named ``label``; ``start`` opens a new one."""
 
     def __init__(self, start: Callable[[], Stream], label: str) -> None:
         self._start = start
         self._label = label
         self._lock = threading.Lock()
         self._idle: list[Session] = []
+        self._free = threading.BoundedSemaphore(MAX_OPEN)  # one per open or openable session
 
     def call(self, words: Sequence[str], timeout: float) -> CommandResult:
         """Run the verb ``words`` in an idle session (or a new one); return its result.
 
         Raises what the transport raises when a session cannot be started (HostKeyError
-        included), and a transient HostError when it does not answer in time.
+        included), and a transient HostError when none is free or it does not answer in
+        time.
         """
-        with self._lock:
-            session = self._idle.pop() if self._idle else None
-        if session is not None:
+        deadline = time.monotonic() + timeout
+        if not self._free.acquire(timeout=timeout):
+            raise HostError(
+                f"{self._label}: {words[0]}: all {MAX_OPEN} helper sessions stayed busy for "
+                f"{timeout:g} s",
+                transient=True,
+            )
+        try:
+            with self._lock:
+                session = self._idle.pop() if self._idle else None
+            if session is not None:
+                try:
+                    return session.call(words, max(0.0, deadline - time.monotonic()))
+                except SessionEnded as exc:
+                    # An idle session can die unseen (a dropped connection, a killed shell):
+                    # the verb goes to a new one. Verbs are safe to repeat (each checks its
+                    # run dir).
+                    log.info("%s; retrying in a new session", exc)
+                finally:
+                    self._put_back(session)
+            session = Session(self._start(), self._label)
             try:
-                return session.call(words, timeout)
-            except SessionEnded as exc:
-                # An idle session can die unseen (a dropped connection, a killed shell): the
-                # verb goes to a new one. Verbs are safe to repeat (each checks its run dir).
-                log.info("%s; retrying in a new session", exc)
+                return session.call(words, max(0.0, deadline - time.monotonic()))
             finally:
                 self._put_back(session)
-        session = Session(self._start(), self._label)
-        try:
-            return session.call(words, timeout)
         finally:
-            self._put_back(session)
+            self._free.release()
 
     def _put_back(self, session: Session) -> None:
-        """Keep ``session`` for the next verb, or close it if broken or enough are kept."""
-        if not session.broken:
-            with self._lock:
-                if len(self._idle) < KEEP_IDLE:
-                    self._idle.append(session)
-                    return
-        session.stream.close()
+        """Keep ``session`` for the next verb, or close it if it is broken."""
+        if session.broken:
+            session.stream.close()
+            return
+        with self._lock:
+            self._idle.append(session)
 
     def close(self) -> None:
         """Close every idle session."""
