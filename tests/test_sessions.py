@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess
 import threading
 import time
@@ -219,3 +220,30 @@ def test_sessions_are_bounded_and_a_thread_waits_for_a_free_one(
         assert not t.is_alive()
     assert len(transport.streams) == 2  # never more than two opened
     host.close()
+
+
+def test_without_a_temp_folder_a_failure_still_fails_and_dev_null_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))  # mktemp fails: stderr is lost
+    transport = Counting()
+    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), transport)
+    with pytest.raises(HostError, match=r"cleanup failed \(exit 2\)"):
+        host._helper("cleanup", "/tmp/nope", "some-id")
+    assert host._helper("home").stdout.strip()
+    host.close()
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # not removed with the session
+
+
+def test_the_stderr_file_is_private_and_goes_with_its_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), Counting())
+    host._helper("home")
+    (made,) = tmp.iterdir()
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600
+    host.close()
+    assert not list(tmp.iterdir())

@@ -476,9 +476,10 @@ do_serve() {  # serve: run verbs until stdin ends. The first line is the marker;
     # "\nMARK STATUS\n", the verb's stderr if it failed, and "\nMARK.\n". A session saves
     # a start of sh and a parse of this text per verb, and over ssh a channel.
     IFS= read -r sv_mark || return 0
-    sv_err="${TMPDIR:-/tmp}/droprun-helper-err.$$"
-    trap 'rm -f -- "$sv_err"' EXIT
-    : 2>/dev/null >"$sv_err" || sv_err=/dev/null
+    # mktemp (O_EXCL, mode 0600): a name in a shared /tmp made up here could be a link
+    # another user put there.
+    sv_err=$(mktemp 2>/dev/null) || sv_err=/dev/null
+    trap '[ "$sv_err" = /dev/null ] || rm -f -- "$sv_err"' EXIT
     while IFS= read -r sv_line; do
         eval "set -- $sv_line"
         (dispatch "$@") </dev/null 2>"$sv_err" && sv_st=0 || sv_st=$?
