@@ -247,3 +247,19 @@ def test_the_stderr_file_is_private_and_goes_with_its_session(
     assert stat.S_IMODE(made.stat().st_mode) == 0o600
     host.close()
     assert not list(tmp.iterdir())
+
+
+def test_a_session_ended_by_a_signal_takes_its_stderr_file_along(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    transport = Counting()
+    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), transport)
+    host._helper("home")
+    assert len(list(tmp.iterdir())) == 1
+    os.kill(_pid(transport.streams[0]), 1)  # SIGHUP, as when an ssh channel goes
+    transport.streams[0]._proc.wait()
+    assert not list(tmp.iterdir())
+    host.close()

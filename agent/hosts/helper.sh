@@ -480,6 +480,7 @@ do_serve() {  # serve: run verbs until stdin ends. The first line is the marker;
     # another user put there.
     sv_err=$(mktemp 2>/dev/null) || sv_err=/dev/null
     trap '[ "$sv_err" = /dev/null ] || rm -f -- "$sv_err"' EXIT
+    trap 'exit 1' HUP TERM  # a closed channel or a stop: the file still goes
     while IFS= read -r sv_line; do
         eval "set -- $sv_line"
         (dispatch "$@") </dev/null 2>"$sv_err" && sv_st=0 || sv_st=$?
