@@ -86,12 +86,25 @@ class Counting(LocalTransport):
         return stream
 
 
+def _local(tmp_path: Path, transport: Counting) -> ShellHost:
+    return ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "remote")), transport)
+
+
 @pytest.fixture
 def counted(tmp_path: Path) -> Iterator[tuple[ShellHost, Counting]]:
     transport = Counting()
-    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "remote")), transport)
+    host = _local(tmp_path, transport)
     yield host, transport
     host.close()
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder that the helper sessions started in the test take as TMPDIR."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    return tmp
 
 
 def _pid(stream: Stream) -> int:
@@ -183,7 +196,7 @@ def test_threads_each_get_their_own_answers(counted: tuple[ShellHost, Counting])
 
 def test_close_ends_every_session(tmp_path: Path) -> None:
     transport = Counting()
-    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), transport)
+    host = _local(tmp_path, transport)
     threads = [threading.Thread(target=host._helper, args=("home",)) for _ in range(4)]
     for t in threads:
         t.start()
@@ -199,7 +212,7 @@ def test_sessions_are_bounded_and_a_thread_waits_for_a_free_one(
 ) -> None:
     monkeypatch.setattr(session, "MAX_OPEN", 2)
     transport = Counting()
-    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), transport)
+    host = _local(tmp_path, transport)
     release = tmp_path / "release"
     busy = f"while [ ! -e {shlex.quote(str(release))} ]; do sleep 0.05; done"
     holders = [threading.Thread(target=host._helper, args=("power", busy)) for _ in range(2)]
@@ -227,7 +240,7 @@ def test_without_a_temp_folder_a_failure_still_fails_and_dev_null_stays(
 ) -> None:
     monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))  # mktemp fails: stderr is lost
     transport = Counting()
-    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), transport)
+    host = _local(tmp_path, transport)
     with pytest.raises(HostError, match=r"cleanup failed \(exit 2\)"):
         host._helper("cleanup", "/tmp/nope", "some-id")
     assert host._helper("home").stdout.strip()
@@ -236,30 +249,24 @@ def test_without_a_temp_folder_a_failure_still_fails_and_dev_null_stays(
 
 
 def test_the_stderr_file_is_private_and_goes_with_its_session(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, private_tmp: Path
 ) -> None:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), Counting())
+    host = _local(tmp_path, Counting())
     host._helper("home")
-    (made,) = tmp.iterdir()
+    (made,) = private_tmp.iterdir()
     assert stat.S_IMODE(made.stat().st_mode) == 0o600
     host.close()
-    assert not list(tmp.iterdir())
+    assert not list(private_tmp.iterdir())
 
 
 def test_a_session_ended_by_a_signal_takes_its_stderr_file_along(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, private_tmp: Path
 ) -> None:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
     transport = Counting()
-    host = ShellHost(HostConfig(name="local", remote_root=str(tmp_path / "r")), transport)
+    host = _local(tmp_path, transport)
     host._helper("home")
-    assert len(list(tmp.iterdir())) == 1
+    assert len(list(private_tmp.iterdir())) == 1
     os.kill(_pid(transport.streams[0]), 1)  # SIGHUP, as when an ssh channel goes
     transport.streams[0]._proc.wait()
-    assert not list(tmp.iterdir())
+    assert not list(private_tmp.iterdir())
     host.close()
