@@ -28,7 +28,7 @@ from agent.hosts.transport import Stream
 from agent.runinfo import new_run_id
 from agent.schema import HostConfig
 
-from testbed import require_tool
+from testbed import require_tool, run_checked
 
 SHELLS = {
     "dash": ["sh"],
@@ -270,3 +270,31 @@ def test_a_session_ended_by_a_signal_takes_its_stderr_file_along(
     transport.streams[0]._proc.wait()
     assert not list(private_tmp.iterdir())
     host.close()
+
+
+def test_a_session_under_busybox_ash_answers_like_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_tmp: Path
+) -> None:
+    """A NAS whose sh is BusyBox's ash (no bash, no GNU tools): the same verbs, the same
+    answers, its stderr file made and removed by BusyBox's mktemp."""
+    busybox = require_tool("busybox")
+    applets = tmp_path / "applets"
+    applets.mkdir()
+    for applet in run_checked([busybox, "--list"]).split():
+        (applets / applet).symlink_to(busybox)
+    monkeypatch.setenv("PATH", str(applets))
+    transport = Counting()
+    host = _local(tmp_path, transport)
+    ref = RunRef("proj", 0, new_run_id())
+    host._helper("mkdir", str(Path(host.remote_dir(ref)) / ".droprun"))
+    (Path(host.remote_dir(ref)) / ".droprun" / "run_id").write_text(ref.run_id + "\n")
+    log = bytes(range(256)) * 8 + b"\n" + os.urandom(5000)
+    (Path(host.remote_dir(ref)) / ".droprun" / "log").write_bytes(log)
+    assert host.read_log(ref, 0, len(log)) == log
+    assert host.read_log(ref, 100, 50) == log[100:150]
+    with pytest.raises(HostError, match="refusing to remove /tmp/nope: not a run dir"):
+        host._helper("cleanup", "/tmp/nope", "some-id")
+    assert host.status(ref).state == "not_started"
+    assert len(transport.streams) == 1 and len(list(private_tmp.iterdir())) == 1
+    host.close()
+    assert not list(private_tmp.iterdir())
