@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,9 @@ import pytest
 from agent import runinfo
 from agent.agentfile import load_agent_config
 from agent.hosts.base import RunRef
+from agent.hosts.session import MAX_OPEN
 from agent.hosts.shell import ShellHost
-from agent.hosts.ssh import SshTransport
+from agent.hosts.ssh import SshStream, SshTransport
 from agent.service import make_context, serve
 
 from shares import drop, info, make_project, run_once, wait_for, write_ssh_config
@@ -50,16 +51,25 @@ while [ ! -f go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 
 @contextlib.contextmanager
 def extra_sshd(
-    server: SshServer, port: int, *, host_key: Path | None = None, config_extra: str = ""
+    server: SshServer,
+    port: int,
+    *,
+    host_key: Path | None = None,
+    config_extra: str = "",
+    max_sessions: int | None = None,
 ) -> Iterator[Path]:
     """Run a second sshd like ``server`` (same user, user key) on ``port``; yield its log.
 
-    ``host_key`` replaces the server's host key; ``config_extra`` is appended to the config.
+    ``host_key`` replaces the server's host key; ``config_extra`` is appended to the config;
+    ``max_sessions`` replaces the test bed's generous MaxSessions (sshd's default is 10).
     """
     work = server.tmp / f"extra-{secrets.token_hex(4)}"
     work.mkdir()
     text = (server.tmp / "sshd_config").read_text()
     text = text.replace(f"PidFile {server.tmp}/sshd.pid", f"PidFile {work}/sshd.pid")
+    if max_sessions is not None:
+        assert "MaxSessions 100\n" in text
+        text = text.replace("MaxSessions 100\n", f"MaxSessions {max_sessions}\n")
     if host_key is not None:
         text = text.replace(f"HostKey {server.tmp}/host_key", f"HostKey {host_key}")
     (work / "sshd_config").write_text(text + config_extra)
@@ -310,4 +320,50 @@ def test_no_nvidia_smi_means_no_gpu_names(root: Path, sshd_server: SshServer) ->
         assert host.gpu_names("0") is None
         assert host.remote_dir(RunRef("p", 1, "id1")).endswith("/p/run_1")
     finally:
+        host.close()
+
+
+def test_helper_sessions_stay_within_sshds_default_of_ten_channels(
+    root: Path, sshd_server: SshServer
+) -> None:
+    """However many threads ask at once, a host's helper sessions stay within the bound,
+    below the ten channels a default sshd allows on one connection; and a session whose
+    shell died on the server is replaced over the same connection."""
+    started: list[SshStream] = []
+
+    class CountingSsh(SshTransport):
+        def start(self, argv: Sequence[str]) -> SshStream:
+            stream = super().start(argv)
+            started.append(stream)
+            return stream
+
+    port = free_port()
+    config = sshd_server.host_config(
+        port=port, known_hosts=known_hosts_for(root / "known_hosts", sshd_server, port)
+    )
+    errors: list[BaseException] = []
+    with extra_sshd(sshd_server, port, max_sessions=10):
+        host = ShellHost(config, CountingSsh(config, root))
+
+        def ask(n: int) -> None:
+            try:
+                for i in range(5):
+                    out = host._helper("power", f"sleep 0.05; printf %s t{n}-{i}")
+                    assert out.stdout == f"t{n}-{i}".encode()
+            except BaseException as exc:  # handed to the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert 1 <= len(started) <= MAX_OPEN
+        # The serve shell's pid, as its verb sees it: the parent of the verb's subshell.
+        out = host._helper("power", 'read -r line </proc/$PPID/stat; set -- $line; echo "$4"')
+        os.kill(int(out.stdout), signal.SIGKILL)  # the server is this machine: by its pid
+        opened = len(started)
+        assert host._helper("home").stdout.strip()  # the dead one (the last idle), then anew
+        assert len(started) == opened + 1
         host.close()
