@@ -28,7 +28,7 @@ from agent.hosts.transport import Stream
 from agent.runinfo import new_run_id
 from agent.schema import HostConfig
 
-from testbed import require_tool, run_checked
+from testbed import in_threads, require_tool, run_checked
 
 SHELLS = {
     "dash": ["sh"],
@@ -173,23 +173,14 @@ def test_a_session_that_died_idle_is_replaced_and_said(
 def test_threads_each_get_their_own_answers(counted: tuple[ShellHost, Counting]) -> None:
     host, transport = counted
     seen: list[tuple[str, str]] = []
-    errors: list[BaseException] = []
 
     def ask(n: int) -> None:
-        try:
-            for i in range(15):
-                word = f"w{n}-{i} 'q' $x\n"
-                out = host._helper("power", f"printf '%s' {shlex.quote(word)}", timeout=30)
-                seen.append((word, out.stdout.decode()))
-        except BaseException as exc:  # handed to the main thread
-            errors.append(exc)
+        for i in range(15):
+            word = f"w{n}-{i} 'q' $x\n"
+            out = host._helper("power", f"printf '%s' {shlex.quote(word)}", timeout=30)
+            seen.append((word, out.stdout.decode()))
 
-    threads = [threading.Thread(target=ask, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not in_threads(ask, 6)
     assert len(seen) == 90 and all(word == out for word, out in seen)
     assert 1 <= len(transport.streams) <= 6
 

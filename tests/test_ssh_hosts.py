@@ -29,6 +29,7 @@ from shares import drop, info, make_project, run_once, wait_for, write_ssh_confi
 from testbed import (
     SshServer,
     free_port,
+    in_threads,
     keygen,
     kill_sshd_sessions,
     known_hosts_name,
@@ -341,23 +342,15 @@ def test_helper_sessions_stay_within_sshds_default_of_ten_channels(
     config = sshd_server.host_config(
         port=port, known_hosts=known_hosts_for(root / "known_hosts", sshd_server, port)
     )
-    errors: list[BaseException] = []
     with extra_sshd(sshd_server, port, max_sessions=10):
         host = ShellHost(config, CountingSsh(config, root))
 
         def ask(n: int) -> None:
-            try:
-                for i in range(5):
-                    out = host._helper("power", f"sleep 0.05; printf %s t{n}-{i}")
-                    assert out.stdout == f"t{n}-{i}".encode()
-            except BaseException as exc:  # handed to the main thread
-                errors.append(exc)
+            for i in range(5):
+                out = host._helper("power", f"sleep 0.05; printf %s t{n}-{i}")
+                assert out.stdout == f"t{n}-{i}".encode()
 
-        threads = [threading.Thread(target=ask, args=(n,)) for n in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = in_threads(ask, 12)
         assert not errors, errors[:3]
         assert 1 <= len(started) <= MAX_OPEN
         # The serve shell's pid, as its verb sees it: the parent of the verb's subshell.

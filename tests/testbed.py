@@ -19,8 +19,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -438,3 +439,22 @@ def _wait_bind(proc: subprocess.Popen[bytes], log: Path) -> bytes:
             break
         time.sleep(0.01)
     return log.read_bytes()
+
+
+def in_threads(target: Callable[[int], None], count: int) -> list[BaseException]:
+    """Run ``target(0)`` ... ``target(count - 1)`` in as many threads at once; return what
+    they raised (an assertion in a thread would otherwise be lost)."""
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
