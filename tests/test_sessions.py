@@ -289,3 +289,15 @@ def test_a_session_under_busybox_ash_answers_like_dash(
     assert len(transport.streams) == 1 and len(list(private_tmp.iterdir())) == 1
     host.close()
     assert not list(private_tmp.iterdir())
+
+
+def test_a_word_no_shell_can_hold_is_an_error_and_the_session_stays(
+    counted: tuple[ShellHost, Counting],
+) -> None:
+    host, transport = counted
+    host._helper("home")
+    with pytest.raises(HostError, match=r"home: cannot send it: .*NUL") as info:
+        host._helper("home", "a\0b")
+    assert not info.value.transient
+    assert host._helper("home").stdout.strip()
+    assert len(transport.streams) == 1

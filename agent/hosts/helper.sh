@@ -88,15 +88,19 @@ do_write() {  # write FILE: stdin to FILE, atomically
     mv -f -- "$tmp" "$1" || die 3 "cannot rename $tmp to $1"
 }
 
-do_launch() {  # launch RUNDIR ID: write stdin to .droprun/launch.sh, start it once,
-    # detached; print "PID START"
+do_launch() {  # launch RUNDIR ID [SCRIPT]: write SCRIPT (or stdin) to
+    # .droprun/launch.sh, start it once, detached; print "PID START"
     cd -- "$1" || die 3 "run dir $1 does not exist"
     require_owned . "$2"
     [ -d .droprun ] || die 3 "$1/.droprun does not exist"
     if [ ! -d .droprun/launched ]; then
         need setsid env grep date sleep mv
         # Written in place: nothing runs it before .droprun/launched is made below.
-        cat >.droprun/launch.sh || die 3 "cannot write $1/.droprun/launch.sh"
+        if [ $# -ge 3 ]; then
+            printf '%s' "$3" >.droprun/launch.sh || die 3 "cannot write $1/.droprun/launch.sh"
+        else
+            cat >.droprun/launch.sh || die 3 "cannot write $1/.droprun/launch.sh"
+        fi
     fi
     if mkdir .droprun/launched 2>/dev/null; then
         if command -v bash >/dev/null 2>&1; then shell=bash; else shell=sh; fi
@@ -496,7 +500,7 @@ dispatch() {  # dispatch VERB ARGS...: run one verb
     case "$VERB" in
         prepare) need_args 3 $#; do_prepare "$1" "$2" "$3" ;;
         write) need_args 1 $#; do_write "$1" ;;
-        launch) need_args 2 $#; do_launch "$1" "$2" ;;
+        launch) need_args 2 $#; do_launch "$@" ;;
         status) need_args 2 $#; do_status "$1" "$2" ;;
         log) need_args 4 $#; do_log "$1" "$2" "$3" "$4" ;;
         poll) need_args 4 $#; do_poll "$1" "$2" "$3" "$4" ;;

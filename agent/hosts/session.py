@@ -74,12 +74,17 @@ class Session:
         """Run the verb ``words`` and return its result whatever its status.
 
         Raises HostError (transient) if no whole answer comes within ``timeout`` s or the
-        session ended; the session is then marked broken.
+        session ended; the session is then marked broken. Raises HostError (permanent) for
+        a word no shell can hold (a NUL byte).
         """
         deadline = time.monotonic() + timeout
         try:
+            line = make_line(words)
+        except ValueError as exc:  # nothing was sent: the session is as good as before
+            raise HostError(f"{self.label}: {words[0]}: cannot send it: {exc}") from exc
+        try:
             try:
-                self.stream.send(make_line(words))
+                self.stream.send(line)
             except HostError as exc:
                 raise SessionEnded(str(exc), transient=True) from exc
             while (answer := parse_answer(self._buffer, self.mark)) is None:

@@ -270,12 +270,12 @@ class ShellHost(PowerControl):
             return self._cache_locks.setdefault(project, threading.Lock())
 
     def launch(self, ref: RunRef, spec: LaunchSpec) -> Launched:
-        """Write the launcher into the run dir and start it once (one helper call); return
-        pid and start."""
+        """Write the launcher into the run dir and start it once (one helper verb, in a
+        session: the launcher goes as a word); return pid and start."""
         run_dir = self.remote_dir(ref)
         spec = dataclasses.replace(spec, run_id=ref.run_id)
-        script = make_launcher(spec, self.config.conda_sh).encode()
-        return parse_launched(self._helper("launch", run_dir, ref.run_id, stdin=script).stdout)
+        script = make_launcher(spec, self.config.conda_sh)
+        return parse_launched(self._helper("launch", run_dir, ref.run_id, script).stdout)
 
     def status(self, ref: RunRef) -> ProcStatus:
         """Return the state of the run's processes."""
