@@ -57,7 +57,6 @@ class Publisher:
         self.dirty_months: set[str] = set()  # billing files to write (months of ended runs)
         # told of, not read yet (in order, each once), with the data last saved, if known
         self.changes: dict[Path, Mapping[str, Any] | None] = {}
-        self.saved: dict[Path, Mapping[str, Any]] = {}  # run.info as saved, for its page
         self.log_sizes: dict[Path, int] = {}
         self.bills: dict[Path, tuple[RunSummary, billing.BillLine | None, str]] = {}
         self.backfill: list[Path] = []  # ended runs without a page (filed before pages were)
@@ -116,7 +115,7 @@ class Publisher:
                 months, self.dirty_months = self.dirty_months, set()
                 if months:  # in rounds too: a burst of ended runs rewrites each month once
                     self.guarded("write the bills", self.write_bills, sorted(months))
-                self.guarded("write the pages", self.write_pages)
+                self.guarded("write the pages", self.write_pages, changes)
                 next_round = now + MIN_INTERVAL
             if stopping:
                 return
@@ -179,10 +178,6 @@ class Publisher:
                 self.dirty_projects.add(path.name)
             return
         before, now = self.index.update(path, data)
-        if data is not None and now is not None:
-            self.saved[path] = data
-        else:
-            self.saved.pop(path, None)
         self.dirty_root = True
         self.dirty_projects.add(path.parent.parent.name)
         if now is not None:
@@ -247,8 +242,10 @@ class Publisher:
                 self.guarded(f"tell of {run.run_dir}'s log", listener, run, st.st_mtime)
         self.log_sizes = sizes
 
-    def write_pages(self) -> None:
-        """Make the marked pages and write those whose text changed."""
+    def write_pages(self, known: Mapping[Path, Mapping[str, Any] | None] | None = None) -> None:
+        """Make the marked pages and write those whose text changed; ``known``: the
+        round's changes, with each run.info as its driver saved it (None: read the file)."""
+        known = known or {}
         now = self.clock()
         runs, projects, share = self.dirty_runs, self.dirty_projects, self.dirty_root
         self.dirty_runs, self.dirty_projects, self.dirty_root = set(), set(), False
@@ -259,9 +256,7 @@ class Publisher:
                 int(run_dir.name.removeprefix("run_"))
             )
             if summary is not None and run_dir.is_dir():
-                known = self.saved.pop(run_dir, None)
-                self.write(run_dir / PAGE_NAME, run_page(summary, now, known))
-        self.saved.clear()  # only for the round that took the change
+                self.write(run_dir / PAGE_NAME, run_page(summary, now, known.get(run_dir)))
         for project in sorted(projects):
             results = self.root / project / "results"
             if project in self.index.projects and results.is_dir():
