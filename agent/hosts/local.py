@@ -73,6 +73,8 @@ class LocalStream:
         self._proc = proc
         self._stdin = proc.stdin
         self._out = proc.stdout.fileno()
+        self._selector = selectors.DefaultSelector()  # one for every answer read, not one each
+        self._selector.register(self._out, selectors.EVENT_READ)
 
     def send(self, data: bytes) -> None:
         """Write ``data`` to the process; raise HostError (transient) if it is gone."""
@@ -84,10 +86,8 @@ class LocalStream:
 
     def recv(self, timeout: float) -> bytes:
         """Return what the process wrote next (b"" at its end), waiting up to ``timeout`` s."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._out, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                raise HostError(f"no answer within {timeout:g} s", transient=True)
+        if not self._selector.select(timeout):
+            raise HostError(f"no answer within {timeout:g} s", transient=True)
         return os.read(self._out, 1 << 16)
 
     def close(self) -> None:
@@ -100,5 +100,6 @@ class LocalStream:
         except subprocess.TimeoutExpired:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
+        self._selector.close()
         assert self._proc.stdout is not None
         self._proc.stdout.close()
