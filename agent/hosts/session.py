@@ -137,7 +137,12 @@ class SessionPool:
                     log.info("%s; retrying in a new session", exc)
                 finally:
                     self._put_back(session)
-            session = Session(self._start(), self._label)
+            stream = self._start()
+            try:
+                session = Session(stream, self._label)
+            except HostError:  # it took no mark: never used
+                stream.close()
+                raise
             try:
                 return session.call(words, max(0.0, deadline - time.monotonic()))
             finally:
